@@ -1,0 +1,63 @@
+"""Every AnnData key stfusion reads or writes, named once.
+
+Sections follow the scverse Visium conventions (scanpy ``read_visium``/squidpy):
+raw counts in ``X``, spot centres in full-resolution pixels in ``obsm["spatial"]``,
+images and scale factors under ``uns["spatial"][library_id]``.
+"""
+
+# obsm / uns
+SPATIAL = "spatial"  # obsm key (x, y full-res pixels) and uns key (per-library dict)
+
+# uns["spatial"][library_id][...]
+IMAGES = "images"
+SCALEFACTORS = "scalefactors"
+METADATA = "metadata"
+MICRONS_PER_PIXEL = "microns_per_pixel"  # of the full-resolution image
+FULLRES_SHAPE = "fullres_shape"  # (height, width) of the full-resolution image, pixels
+SCALE_SOURCE = "scale_source"  # how microns_per_pixel was found: visium | grid | override
+
+# image keys inside uns["spatial"][library_id]["images"]
+HIRES = "hires"
+LOWRES = "lowres"
+
+# scale factor keys inside uns["spatial"][library_id]["scalefactors"]
+SPOT_DIAMETER_FULLRES = "spot_diameter_fullres"
+HIRES_SCALEF = "tissue_hires_scalef"
+LOWRES_SCALEF = "tissue_lowres_scalef"
+FIDUCIAL_DIAMETER_FULLRES = "fiducial_diameter_fullres"
+
+# metadata keys inside uns["spatial"][library_id]["metadata"]
+SOURCE_IMAGE_PATH = "source_image_path"  # absolute path of the full-resolution image (scanpy's key)
+
+# obs columns
+ARRAY_ROW = "array_row"
+ARRAY_COL = "array_col"
+IN_TISSUE = "in_tissue"
+CELL_TYPE = "cell_type"
+REGION_LABEL = "region_label"  # pathologist annotation, when the source has one
+CLUSTER_LABEL = "cluster_label"  # expression-cluster annotation, when the source has one
+
+# var columns
+GENE_IDS = "gene_ids"
+GENE_SYMBOL = "gene_symbol"
+FEATURE_TYPES = "feature_types"
+
+# uns["stfusion"]: section-level provenance
+STFUSION = "stfusion"
+SECTION_ID = "section_id"
+PATIENT = "patient"
+PLATFORM = "platform"  # visium | st | imaging | beads | scrna
+SOURCE = "source"
+
+# layers written by preprocessing / models
+LAYER_COUNTS = "counts"
+LAYER_PRED_SD = "sd"
+
+# physical constants of the platforms (µm)
+VISIUM_SPOT_DIAMETER_UM = 55.0
+VISIUM_SPOT_SPACING_UM = 100.0
+ST_SPOT_DIAMETER_UM = 100.0
+ST_SPOT_SPACING_UM = 200.0  # classic 1k legacy ST array, centre to centre
+
+# defaults
+HIRES_MAX_SIDE_PX = 2000  # longest side of the downscaled preview stored in uns
