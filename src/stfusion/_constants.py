@@ -61,3 +61,17 @@ ST_SPOT_SPACING_UM = 200.0  # classic 1k legacy ST array, centre to centre
 
 # defaults
 HIRES_MAX_SIDE_PX = 2000  # longest side of the downscaled preview stored in uns
+
+# io (visium / h5ad readers)
+OBS_LIBRARY_ID = "library_id"  # obs column anndata.concat(label=...) / scanpy write for multi-library objects
+
+# io (legacy ST readers)
+TISSUE_MASK_PATH = "tissue_mask_path"  # uns["spatial"][lib]["metadata"]: absolute path of a tissue mask image, when the source has one
+
+# io (imputation references and imaging/bead spatial data)
+COORDINATE_UNITS = "coordinate_units"  # uns["stfusion"]: units of obsm["spatial"] for non-histology data: um | pixels | unknown
+
+# synthetic data (stfusion.data.synthetic)
+SYNTHETIC = "synthetic"  # uns key: per-pixel ground truth of a synthetic section
+AREA_BBOX = "area_bbox"  # obsm key: (x0, y0, x1, y1) half-open pixel box of each measurement area
+LAYER_EXPECTED = "expected"  # layer: expected counts (Poisson means) of each area / cell

@@ -69,7 +69,9 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        elif np.issubdtype(arr.dtype, np.integer) and np.iinfo(arr.dtype).max > 255:
+            arr = arr.astype(np.float64) * (255.0 / np.iinfo(arr.dtype).max)  # 16-bit: full range
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
     return arr
 
 

@@ -138,11 +138,17 @@ def section_from_image(
     """Build a section whose full-resolution image is a file (legacy ST, Visium with full-res TIFF).
 
     The scale comes from ``microns_per_pixel`` when given, else from the spot grid and
-    ``spot_spacing_um``.
+    ``spot_spacing_um`` (fitted through the array coordinates when ``obs`` has
+    ``array_col``/``array_row``).
     """
     image_path = Path(image_path)
     shape = image_shape(image_path)
-    mpp, source = resolve_scale(coords_px, microns_per_pixel=microns_per_pixel, spot_spacing_um=spot_spacing_um)
+    array_xy = None
+    if obs is not None and {K.ARRAY_COL, K.ARRAY_ROW} <= set(obs.columns):
+        array_xy = obs[[K.ARRAY_COL, K.ARRAY_ROW]].to_numpy(dtype=float)
+    mpp, source = resolve_scale(
+        coords_px, microns_per_pixel=microns_per_pixel, spot_spacing_um=spot_spacing_um, array_coords=array_xy
+    )
     check_spots_in_bounds(np.asarray(coords_px, dtype=float), shape, where=str(image_path))
     preview, scalef = read_preview(image_path, hires_max_side)
     return assemble_section(

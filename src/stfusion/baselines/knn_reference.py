@@ -1,0 +1,182 @@
+"""SpaGE-like imputation baseline: average the k nearest reference cells in a shared PCA space.
+
+For each spatial cell the genes to impute are the mean over its ``k`` nearest reference
+cells (default 50, the usual neighbourhood size of SpaGE/Tangram-style kNN imputation),
+found in a PCA space of the *matching genes*: the genes both datasets measure, minus the
+ones being imputed (so a hidden gene never informs its own imputation).
+
+Feature space: each dataset is normalised over the matching genes to 1e4 per cell and
+log1p-transformed, then z-scored per gene with that dataset's own mean and sd (this removes
+platform-wide gene-specific capture differences); PCA (default 30 components, at most
+``n_matching_genes - 1``) is fitted on the reference and both datasets are projected on it.
+Output: the neighbours' mean of ``log1p(counts / reference cell total over all genes × 1e4)``,
+i.e. the reference's log1p-normalised space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+from stfusion import _constants as K
+from stfusion.baselines.interpolation import load_arrays, save_arrays
+from stfusion.data.normalize import log1p_normalize_total
+from stfusion.errors import StfusionError
+from stfusion.models.base import TARGET_SUM, NotFittedError
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+
+
+def matching_features(counts) -> np.ndarray:
+    """log1p(counts / total over these genes × 1e4), z-scored per gene (cells with zero total stay 0)."""
+    return _zscore(log1p_normalize_total(counts, TARGET_SUM).astype(np.float64))
+
+
+class KNNReferenceImputer:
+    """Impute unmeasured genes of spatial cells from their nearest reference cells.
+
+    Parameters
+    ----------
+    k
+        Reference neighbours averaged per spatial cell (capped at the reference size).
+    n_comps
+        PCA components (capped at ``n_matching_genes - 1`` and ``n_reference_cells - 1``).
+    """
+
+    name: ClassVar[str] = "knn_reference"
+    description: ClassVar[str] = "Mean of the k nearest reference cells in a shared PCA space (SpaGE-like)."
+    input_kind: ClassVar[str] = "reference"
+
+    def __init__(self, k: int = 50, n_comps: int = 30) -> None:
+        if k < 1 or n_comps < 1:
+            raise ValueError(f"k and n_comps must be positive, got k={k}, n_comps={n_comps}.")
+        self.hyperparams: dict[str, Any] = {"k": int(k), "n_comps": int(n_comps)}
+        self.ref_counts_: sparse.csr_matrix | None = None
+
+    def fit(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str] | None = None) -> KNNReferenceImputer:
+        """Keep both datasets' counts. ``genes``: the candidate matching genes (default: all shared)."""
+        shared = spatial.var_names[spatial.var_names.isin(reference.var_names)]
+        if genes is not None:
+            bad = pd.Index(genes).difference(shared)
+            if len(bad):
+                raise StfusionError(
+                    f"{len(bad)} matching genes are not measured in both datasets (e.g. {list(bad[:3])}). "
+                    "Pass genes present in both the reference and the spatial data."
+                )
+            shared = pd.Index(genes)
+        if len(shared) < 3:
+            raise StfusionError(
+                f"The reference and spatial data share {len(shared)} genes; at least 3 are needed. "
+                "Harmonise gene names (symbols vs IDs, case) first."
+            )
+        self.ref_counts_ = sparse.csr_matrix(reference.X, dtype=np.float64)
+        self.ref_genes_ = np.asarray(reference.var_names, dtype=str)
+        self.shared_ = np.asarray(shared, dtype=str)
+        self.sp_counts_ = sparse.csr_matrix(spatial[:, list(shared)].X, dtype=np.float64)
+        self.sp_obs_names_ = np.asarray(spatial.obs_names, dtype=str)
+        self.sp_obsm_ = {k: np.asarray(v) for k, v in spatial.obsm.items() if not isinstance(v, pd.DataFrame)}
+        return self
+
+    def impute(self, genes: Sequence[str]) -> ad.AnnData:
+        """Spatial cells x ``genes``, in the reference's log1p-normalised space (var ``imputed`` = True)."""
+        if self.ref_counts_ is None:
+            raise NotFittedError("KNNReferenceImputer is not fitted: call .fit(reference, spatial) first.")
+        genes = [str(g) for g in genes]
+        ref_index = pd.Index(self.ref_genes_)
+        missing = pd.Index(genes).difference(ref_index)
+        if len(missing):
+            raise StfusionError(
+                f"{len(missing)} genes to impute are not in the reference (e.g. {list(missing[:3])}); "
+                "only genes the reference measures can be imputed."
+            )
+        neighbours = self._neighbours(genes)
+        cols = ref_index.get_indexer(genes)
+        totals = np.asarray(self.ref_counts_.sum(axis=1)).ravel()
+        values = log1p_normalize_total(self.ref_counts_[:, cols], TARGET_SUM, totals=totals)
+        rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+        weights = sparse.csr_matrix(
+            (np.full(rows.size, 1.0 / neighbours.shape[1]), (rows, neighbours.ravel())),
+            shape=(len(neighbours), self.ref_counts_.shape[0]),
+        )
+        return self._wrap(np.asarray(weights @ values), genes)
+
+    def _neighbours(self, genes: Sequence[str]) -> np.ndarray:
+        shared = pd.Index(self.shared_)
+        train = shared[~shared.isin(genes)]
+        if len(train) < 3:
+            raise StfusionError(
+                f"Only {len(train)} shared genes are left to match cells after removing the {len(genes)} "
+                "genes to impute; impute fewer genes at a time (e.g. in folds)."
+            )
+        ref_feat = matching_features(self.ref_counts_[:, pd.Index(self.ref_genes_).get_indexer(train)])
+        sp_feat = matching_features(self.sp_counts_[:, shared.get_indexer(train)])
+        n_ref = ref_feat.shape[0]
+        n_comps = max(1, min(self.hyperparams["n_comps"], len(train) - 1, n_ref - 1))
+        pca = PCA(n_components=n_comps, random_state=0).fit(ref_feat)
+        knn = NearestNeighbors(n_neighbors=min(self.hyperparams["k"], n_ref)).fit(pca.transform(ref_feat))
+        return knn.kneighbors(pca.transform(sp_feat), return_distance=False)
+
+    def _wrap(self, values: np.ndarray, genes: list[str]) -> ad.AnnData:
+        out = ad.AnnData(
+            X=values.astype(np.float32),
+            obs=pd.DataFrame(index=pd.Index(self.sp_obs_names_)),
+            var=pd.DataFrame({"imputed": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes)),
+        )
+        for key, arr in self.sp_obsm_.items():
+            out.obsm[key] = arr.copy()
+        out.uns[K.STFUSION] = {"method": self.name, "expression_space": "log1p_cp10k_reference"}
+        return out
+
+    # -- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.json`` and both datasets' counts (``arrays.npz``, no pickle)."""
+        if self.ref_counts_ is None:
+            raise NotFittedError("KNNReferenceImputer is not fitted: call .fit(reference, spatial) first.")
+        from stfusion import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        card = {"method": self.name, "version": __version__, "hyperparams": self.hyperparams,
+                "obsm_keys": list(self.sp_obsm_)}
+        (directory / "model.json").write_text(json.dumps(card, indent=2))
+        arrays = {"ref_genes": self.ref_genes_, "shared": self.shared_, "sp_obs_names": self.sp_obs_names_}
+        arrays.update(_csr_arrays("ref", self.ref_counts_))
+        arrays.update(_csr_arrays("sp", self.sp_counts_))
+        arrays.update({f"obsm__{k}": v for k, v in self.sp_obsm_.items()})
+        save_arrays(directory, arrays)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> KNNReferenceImputer:
+        path = Path(directory) / "model.json"
+        if not path.exists():
+            raise StfusionError(f"{directory} is not a saved stfusion model (no model.json). Save one with .save(dir).")
+        card = json.loads(path.read_text())
+        model = cls(**card["hyperparams"])
+        a = load_arrays(directory)
+        model.ref_genes_, model.shared_, model.sp_obs_names_ = a["ref_genes"], a["shared"], a["sp_obs_names"]
+        model.ref_counts_, model.sp_counts_ = _csr_from(a, "ref"), _csr_from(a, "sp")
+        model.sp_obsm_ = {k: a[f"obsm__{k}"] for k in card["obsm_keys"]}
+        return model
+
+
+def _csr_arrays(prefix: str, m: sparse.csr_matrix) -> dict[str, np.ndarray]:
+    return {f"{prefix}_data": m.data, f"{prefix}_indices": m.indices, f"{prefix}_indptr": m.indptr,
+            f"{prefix}_shape": np.asarray(m.shape)}
+
+
+def _csr_from(a: dict[str, np.ndarray], prefix: str) -> sparse.csr_matrix:
+    return sparse.csr_matrix((a[f"{prefix}_data"], a[f"{prefix}_indices"], a[f"{prefix}_indptr"]),
+                             shape=tuple(a[f"{prefix}_shape"]))

@@ -1,0 +1,146 @@
+"""Benchmark configuration (TOML): datasets x protocols x methods.
+
+Example::
+
+    seed = 0
+    data_root = "../../../shared/data"      # relative to this file; $STFUSION_SHARED_DATA wins
+
+    [[datasets]]
+    name = "her2st_C"
+    reader = "her2st"                       # see READERS / PAIR_READERS
+    path = "her2st"                         # relative to data_root
+    sections = ["C2", "C3", "C4", "C5", "C6"]
+    genes = "her2st/her_hvg_cut_1000.npy"   # file (relative to data_root), or a number N
+    protocol = "leave_one_section_out"      # see stfusion.benchmark.protocols.PROTOCOLS
+    protocol_params = {}
+
+    [[methods]]
+    name = "constant"                       # see `stfusion methods`
+    params = {}
+    datasets = ["her2st_C"]                 # optional: only these datasets
+    null_permutations = 0                   # >0: also fit the shuffled-label null
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stfusion.errors import StfusionError
+
+SECTION_READERS = ("her2st", "stutility", "st", "visium", "h5ad", "xfuse_toy")
+PAIR_READERS = ("osmfish_pair", "merfish_pair", "slideseq_pair")
+
+
+class ConfigError(StfusionError, ValueError):
+    """The benchmark configuration is invalid."""
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    reader: str
+    path: str
+    protocol: str
+    sections: list[str] = field(default_factory=list)
+    genes: str | int | None = None
+    protocol_params: dict[str, Any] = field(default_factory=dict)
+    reader_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.reader in PAIR_READERS
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    datasets: list[str] | None = None
+    null_permutations: int = 0
+    label: str | None = None  # display name; default: name
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class BenchmarkConfig:
+    datasets: list[DatasetSpec]
+    methods: list[MethodSpec]
+    seed: int = 0
+    data_root: str = "."
+    name: str = "benchmark"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resolve(self, rel: str) -> Path:
+        return Path(self.data_root) / rel
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _dataset(raw: dict[str, Any], i: int) -> DatasetSpec:
+    from stfusion.benchmark.protocols import PROTOCOLS
+
+    for key in ("name", "reader", "path", "protocol"):
+        _require(key in raw, f"[[datasets]] entry {i + 1} lacks '{key}'.")
+    _require(
+        raw["reader"] in SECTION_READERS + PAIR_READERS,
+        f"dataset {raw['name']!r}: unknown reader {raw['reader']!r}; use one of {SECTION_READERS + PAIR_READERS}.",
+    )
+    _require(
+        raw["protocol"] in PROTOCOLS,
+        f"dataset {raw['name']!r}: unknown protocol {raw['protocol']!r}; use one of {sorted(PROTOCOLS)}.",
+    )
+    known = set(DatasetSpec.__dataclass_fields__)
+    extra = set(raw) - known
+    _require(not extra, f"dataset {raw['name']!r}: unknown keys {sorted(extra)}; allowed: {sorted(known)}.")
+    return DatasetSpec(**raw)
+
+
+def _method(raw: dict[str, Any], i: int, dataset_names: set[str]) -> MethodSpec:
+    from stfusion.models.registry import REGISTRY
+
+    _require("name" in raw, f"[[methods]] entry {i + 1} lacks 'name'.")
+    _require(raw["name"] in REGISTRY, f"unknown method {raw['name']!r}; available: {sorted(REGISTRY)}.")
+    known = set(MethodSpec.__dataclass_fields__)
+    extra = set(raw) - known
+    _require(not extra, f"method {raw['name']!r}: unknown keys {sorted(extra)}; allowed: {sorted(known)}.")
+    spec = MethodSpec(**raw)
+    unknown = set(spec.datasets or []) - dataset_names
+    _require(not unknown, f"method {spec.name!r} names unknown datasets {sorted(unknown)}.")
+    return spec
+
+
+def load_config(path: str | Path) -> BenchmarkConfig:
+    """Read and validate a benchmark TOML file; paths resolve relative to the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {path} not found.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    _require(raw.get("datasets"), f"{path}: no [[datasets]] entries.")
+    _require(raw.get("methods"), f"{path}: no [[methods]] entries.")
+    datasets = [_dataset(d, i) for i, d in enumerate(raw["datasets"])]
+    names = {d.name for d in datasets}
+    _require(len(names) == len(datasets), f"{path}: dataset names must be unique.")
+    methods = [_method(m, i, names) for i, m in enumerate(raw["methods"])]
+    root = os.environ.get("STFUSION_SHARED_DATA") or str((path.parent / raw.get("data_root", ".")).resolve())
+    return BenchmarkConfig(
+        datasets=datasets,
+        methods=methods,
+        seed=int(raw.get("seed", 0)),
+        data_root=root,
+        name=str(raw.get("name", path.stem)),
+    )

@@ -1,0 +1,191 @@
+"""Run methods x datasets x protocols; resumable, with a progress bar.
+
+Each finished cell (dataset, fold, method) is stored under ``RUN_DIR/cells`` and is not
+recomputed when the run is started again. At the end the per-gene table, timings,
+summary (Markdown + CSV) and boxplots are (re)written from all cells.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from stfusion.benchmark.config import BenchmarkConfig, DatasetSpec, MethodSpec
+from stfusion.benchmark.measure import measure
+from stfusion.benchmark.protocols import PROTOCOLS, Fold
+from stfusion.benchmark.scoring import score_histology, score_imputation
+from stfusion.io.atomic import atomic_path
+from stfusion.models.registry import get as get_method
+
+log = logging.getLogger("stfusion")
+
+
+# ----------------------------------------------------------------------------- data
+def load_dataset(spec: DatasetSpec, cfg: BenchmarkConfig) -> Any:
+    """Sections (list of AnnData) or a (reference, spatial) pair."""
+    from stfusion import io
+
+    path = cfg.resolve(spec.path)
+    kw = dict(spec.reader_params)
+    if spec.is_pair:
+        return getattr(io, f"read_{spec.reader}")(path, **kw)
+    if spec.reader in ("her2st", "stutility"):
+        reader = io.read_her2st if spec.reader == "her2st" else io.read_stutility
+        return [reader(path, s, **kw) for s in spec.sections]
+    if spec.reader == "xfuse_toy":
+        return [io.read_xfuse_toy(path, **kw)]
+    if spec.reader == "visium":
+        return [io.read_visium(path / s if spec.sections else path, **kw) for s in (spec.sections or [""])]
+    if spec.reader == "h5ad":
+        return [io.read_h5ad(path / s) for s in spec.sections]
+    raise ValueError(f"reader {spec.reader} needs explicit files; use h5ad")
+
+
+def fold_genes(spec: DatasetSpec, cfg: BenchmarkConfig, fold: Fold) -> list[str]:
+    """Genes for a histology fold; a number N is resolved on the fold's training data only."""
+    from stfusion.data.genes import resolve_genes
+
+    g = spec.genes
+    if g is None:
+        g = 100
+    if isinstance(g, str) and not g.isdigit():
+        g = str(cfg.resolve(g))
+    return list(resolve_genes(g, fold.train))
+
+
+def iter_folds(spec: DatasetSpec, data: Any, seed: int) -> list[Fold]:
+    protocol = PROTOCOLS[spec.protocol]
+    params = dict(spec.protocol_params)
+    if spec.protocol in ("spot_holdout", "gene_kfold"):
+        params.setdefault("seed", seed)
+    if spec.protocol == "gene_kfold":
+        reference, spatial = data
+        return list(protocol(reference, spatial, name=spec.name, **params))
+    return list(protocol(data, **params))
+
+
+# ----------------------------------------------------------------------------- cells
+def make_model(method: MethodSpec, seed: int) -> Any:
+    cls = get_method(method.name)
+    params = dict(method.params)
+    if "seed" in inspect.signature(cls.__init__).parameters or "seed" in getattr(cls, "default_params", {}):
+        params.setdefault("seed", seed)
+    return cls(**params)
+
+
+def _run_histology(method: MethodSpec, fold: Fold, genes: list[str], seed: int) -> pd.DataFrame:
+    model = make_model(method, seed)
+    model.fit(fold.train, genes=genes)
+    return score_histology(model.predict(fold.test), fold.test, genes)
+
+
+def _run_imputation(method: MethodSpec, fold: Fold, spatial_full: ad.AnnData, seed: int) -> pd.DataFrame:
+    reference, spatial_train = fold.train
+    model = make_model(method, seed)
+    model.fit(reference, spatial_train)
+    pred = model.impute(fold.hidden_genes)
+    return score_imputation(pred, spatial_full, fold.hidden_genes)
+
+
+def _run_null(method: MethodSpec, fold: Fold, genes: list[str], seed: int) -> pd.DataFrame:
+    from stfusion.baselines.null import ShuffledNull
+
+    null = ShuffledNull(lambda: make_model(method, seed), n_permutations=method.null_permutations, seed=seed)
+    null.fit(fold.train, genes=genes)
+    frames = []
+    for i, pred in enumerate(null.predict_all(fold.test)):
+        frames.append(score_histology(pred, fold.test, genes).assign(permutation=i))
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class Cell:
+    dataset: DatasetSpec
+    fold: Fold
+    method: MethodSpec
+    kind: str  # "model" or "null"
+
+    @property
+    def key(self) -> str:
+        safe = self.fold.name.replace(":", "_").replace("/", "_")
+        return f"{self.dataset.name}/{self.method.display}/{self.kind}/{safe}"
+
+
+def run_cell(cell: Cell, cfg: BenchmarkConfig, data: Any, out: Path) -> None:
+    """Compute one cell and store its per-gene scores and timing."""
+    d, f, m = cell.dataset, cell.fold, cell.method
+    if d.is_pair:
+        result, meas = measure(lambda: _run_imputation(m, f, data[1], cfg.seed))
+    else:
+        genes = fold_genes(d, cfg, f)
+        runner = _run_null if cell.kind == "null" else _run_histology
+        result, meas = measure(lambda: runner(m, f, genes, cfg.seed))
+    result = result.assign(dataset=d.name, protocol=d.protocol, fold=f.name, method=m.display, kind=cell.kind)
+    target = out / "cells" / f"{cell.key}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    timing = {"seconds": meas.seconds, "peak_rss_mb": meas.peak_rss_mb, "rss_increase_mb": meas.rss_increase_mb}
+    with atomic_path(target.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(timing))
+    with atomic_path(target) as tmp:  # the CSV last: its presence marks the cell as done
+        result.to_csv(tmp, index=False)
+
+
+def plan_cells(cfg: BenchmarkConfig, dataset: DatasetSpec, folds: list[Fold]) -> list[Cell]:
+    cells = []
+    for method in cfg.methods:
+        if method.datasets is not None and dataset.name not in method.datasets:
+            continue
+        for fold in folds:
+            cells.append(Cell(dataset, fold, method, "model"))
+            if method.null_permutations > 0 and not dataset.is_pair:
+                cells.append(Cell(dataset, fold, method, "null"))
+    return cells
+
+
+# ----------------------------------------------------------------------------- driver
+def _environment() -> dict[str, Any]:
+    import os
+
+    from stfusion import __version__
+
+    return {
+        "stfusion": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+    }
+
+
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, progress: bool = True) -> Path:
+    """Run every cell not already done, then write the tables and figures."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from stfusion.benchmark.report import write_outputs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.resolved.json").write_text(json.dumps({**cfg.as_dict(), "environment": _environment()}, indent=2))
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        for dataset in cfg.datasets:
+            data = load_dataset(dataset, cfg)
+            cells = plan_cells(cfg, dataset, iter_folds(dataset, data, cfg.seed))
+            task = bar.add_task(dataset.name, total=len(cells))
+            for cell in cells:
+                if not (out / "cells" / f"{cell.key}.csv").exists():
+                    bar.update(task, description=f"{dataset.name}: {cell.method.display} {cell.fold.name}")
+                    run_cell(cell, cfg, data, out)
+                bar.advance(task)
+    write_outputs(out)
+    return out

@@ -1,0 +1,307 @@
+"""The ``stfusion`` command line: a thin Typer app over the Python API.
+
+Conventions every command follows: sections are ``.h5ad`` files made by ``stfusion read``;
+``--seed`` makes a run repeatable; outputs are written atomically; errors print one line
+and exit non-zero (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+app = typer.Typer(
+    name="stfusion",
+    help="Predict spatial gene expression from H&E images and single-cell references.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+read_app = typer.Typer(help="Read spatial data into a validated section (.h5ad).", no_args_is_help=True)
+app.add_typer(read_app, name="read")
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad file.")]
+MppOpt = Annotated[
+    Optional[float], typer.Option("--microns-per-pixel", help="Override the scale of the full-resolution image.")
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    _setup_logging(logging.WARNING if quiet else logging.INFO)
+
+
+def _setup_logging(level: int) -> None:
+    """Configure the ``stfusion`` logger only (never the root logger)."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("stfusion")
+    logger.setLevel(level)
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(show_path=False, show_time=False, console=_console(stderr=True)))
+    logger.propagate = False
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True)
+
+
+def _write_section(adata, out: Path) -> None:
+    from stfusion.io import write_h5ad
+
+    write_h5ad(adata, out)
+    logging.getLogger("stfusion").info(f"wrote {out} ({adata.n_obs} spots x {adata.n_vars} genes)")
+
+
+# ----------------------------------------------------------------------------- read
+@read_app.command("visium")
+def read_visium_cmd(
+    outs_dir: Annotated[Path, typer.Argument(help="Space Ranger 'outs' folder.")],
+    out: OutOpt,
+    fullres_image: Annotated[Optional[Path], typer.Option(help="Full-resolution H&E (TIFF/JPEG).")] = None,
+    microns_per_pixel: MppOpt = None,
+) -> None:
+    """Read a 10x Visium Space Ranger outs folder."""
+    from stfusion.io import read_visium
+
+    _write_section(read_visium(outs_dir, fullres_image=fullres_image, microns_per_pixel=microns_per_pixel), out)
+
+
+@read_app.command("st")
+def read_st_cmd(
+    counts: Annotated[Path, typer.Option(help="Counts table (spots x genes, ids '{x}x{y}').")],
+    spots: Annotated[Path, typer.Option(help="Spot/alignment table (x y new_x new_y pixel_x pixel_y [selected]).")],
+    image: Annotated[Path, typer.Option(help="H&E image.")],
+    out: OutOpt,
+    spot_spacing_um: Annotated[float, typer.Option(help="Centre-to-centre spot distance (µm).")] = 200.0,
+    spot_diameter_um: Annotated[float, typer.Option(help="Spot diameter (µm).")] = 100.0,
+    microns_per_pixel: MppOpt = None,
+    library_id: Annotated[Optional[str], typer.Option(help="Section id.")] = None,
+) -> None:
+    """Read a legacy Spatial Transcriptomics section."""
+    from stfusion.io import read_st
+
+    adata = read_st(
+        counts,
+        spots,
+        image,
+        library_id=library_id,
+        spot_spacing_um=spot_spacing_um,
+        spot_diameter_um=spot_diameter_um,
+        microns_per_pixel=microns_per_pixel,
+    )
+    _write_section(adata, out)
+
+
+@read_app.command("her2st")
+def read_her2st_cmd(
+    root: Annotated[Path, typer.Argument(help="her2st dataset root.")],
+    section: Annotated[str, typer.Option(help="Section id, e.g. C2.")],
+    out: OutOpt,
+    microns_per_pixel: MppOpt = None,
+) -> None:
+    """Read one section of the HER2+ breast cancer ST dataset (Andersson et al. 2021)."""
+    from stfusion.io import read_her2st
+
+    _write_section(read_her2st(root, section, microns_per_pixel=microns_per_pixel), out)
+
+
+@read_app.command("stutility")
+def read_stutility_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder with MOB<n>.tsv.gz, alignment tables and images.")],
+    out: OutOpt,
+    section: Annotated[str, typer.Option(help="Section id.")] = "MOB1",
+    microns_per_pixel: MppOpt = None,
+) -> None:
+    """Read an STUtility example section (mouse olfactory bulb, 2k array)."""
+    from stfusion.io import read_stutility
+
+    _write_section(read_stutility(directory, section, microns_per_pixel=microns_per_pixel), out)
+
+
+# ----------------------------------------------------------------------------- info / show
+def section_summary(adata) -> dict:
+    """Facts about a section for ``stfusion info``."""
+    import numpy as np
+
+    from stfusion import _constants as K
+    from stfusion.data import section as S
+
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    detected = np.asarray((adata.X > 0).sum(axis=1)).ravel()
+    lib = S.spatial_info(adata)
+    h, w = S.fullres_shape(adata)
+    meta = S.section_meta(adata)
+    return {
+        "section": meta.get(K.SECTION_ID, S.library_id(adata)),
+        "platform": meta.get(K.PLATFORM, "unknown"),
+        "patient": meta.get(K.PATIENT),
+        "spots": int(adata.n_obs),
+        "genes": int(adata.n_vars),
+        "image_width_px": w,
+        "image_height_px": h,
+        "image_path": str(S.fullres_path(adata)) if S.fullres_path(adata) else None,
+        "microns_per_pixel": round(S.microns_per_pixel(adata), 5),
+        "scale_source": lib.get(K.SCALE_SOURCE),
+        "spot_diameter_px": round(S.spot_diameter_px(adata), 2),
+        "counts_per_spot": {
+            "total": int(totals.sum()),
+            "min": int(totals.min()),
+            "median": float(np.median(totals)),
+            "mean": round(float(totals.mean()), 2),
+            "max": int(totals.max()),
+        },
+        "genes_detected_per_spot_median": float(np.median(detected)),
+    }
+
+
+@app.command("info")
+def info_cmd(
+    path: Annotated[Path, typer.Argument(help="Section .h5ad.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Summarise a section: spots, genes, image size, scale, counts."""
+    from stfusion.io import read_h5ad
+
+    summary = section_summary(read_h5ad(path))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=str(path), show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        table.add_row(key.replace("_", " "), "—" if value is None else str(value))
+    _console().print(table)
+
+
+@app.command("show")
+def show_cmd(
+    path: Annotated[Path, typer.Argument(help="Section .h5ad.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png, .pdf, .svg).")],
+    gene: Annotated[Optional[str], typer.Option(help="Colour spots by this gene instead of total counts.")] = None,
+) -> None:
+    """Draw the H&E with spots at their true diameter, coloured by total counts or a gene."""
+    from stfusion.io import read_h5ad
+    from stfusion.io.atomic import atomic_path
+    from stfusion.pl import spot_overlay
+
+    fig = spot_overlay(read_h5ad(path), gene=gene)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    logging.getLogger("stfusion").info(f"wrote {out}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_output"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Run the built-in example: a synthetic section, read back and plotted."""
+    from stfusion.demo import run_demo
+
+    run_demo(out, seed=seed)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@app.command("evaluate")
+def evaluate_cmd(
+    pred: Annotated[Path, typer.Argument(help="Predicted expression .h5ad (from `stfusion predict`).")],
+    truth: Annotated[Path, typer.Argument(help="Measured section .h5ad (raw counts).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Per-gene scores as JSON records.")] = False,
+) -> None:
+    """Score one prediction against measured counts (primary target: log1p counts per 10k)."""
+    import anndata as ad
+
+    from stfusion.benchmark.scoring import score_histology
+    from stfusion.io import read_h5ad
+    from stfusion.metrics import significant_genes, topk_mean
+
+    p, t = ad.read_h5ad(pred), read_h5ad(truth)
+    from stfusion.metrics.evaluate import aligned_names
+
+    spots, genes = aligned_names(p, t)
+    table = score_histology(p, t[spots].copy(), genes)
+    if as_json:
+        typer.echo(table.to_json(orient="records"))
+        return
+    r = table.loc[table.metric == "pearson", "value"].to_numpy()
+    pv = table.loc[table.metric == "pvalue", "value"].to_numpy()
+    typer.echo(
+        f"{len(spots)} spots, {len(genes)} genes: mean r {np.nanmean(r):.3f}, median r {np.nanmedian(r):.3f}, "
+        f"top-50 r {topk_mean(r, 50):.3f}, BH-significant genes {significant_genes(pv)}"
+    )
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    config: Annotated[Path, typer.Argument(help="Benchmark TOML (datasets x protocols x methods).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder; a finished cell is not recomputed.")],
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+) -> None:
+    """Run a benchmark: per-gene CSV, Markdown summary, boxplots, time and memory per cell."""
+    from stfusion.benchmark import load_config, run_benchmark
+
+    run = run_benchmark(load_config(config), out, progress=not no_progress)
+    typer.echo((run / "summary.md").read_text())
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List every model and baseline with a one-line description."""
+    from rich.table import Table
+
+    from stfusion.models.registry import available, get
+
+    table = Table("name", "input", "uncertainty", "super-res.", "description")
+    for name in available():
+        cls = get(name)
+        table.add_row(
+            name, cls.input_kind, "yes" if cls.has_uncertainty else "no",
+            "yes" if cls.has_super_resolution else "no", cls.description,
+        )
+    _console().print(table)
+
+
+# ----------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one-line errors unless ``--debug``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="stfusion", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("stfusion: aborted", err=True)
+        return 130
+    except Exception as exc:  # one line for users; the traceback with --debug
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors of the command parser
+            exc.show()
+            return exc.exit_code
+        if "--debug" in args:
+            raise
+        from stfusion.errors import StfusionError
+
+        kind = "error" if isinstance(exc, (StfusionError, OSError)) else f"unexpected error ({type(exc).__name__})"
+        message = str(exc).replace("\n", " ") or type(exc).__name__
+        typer.echo(f"stfusion: {kind}: {message} (run with --debug for the traceback)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

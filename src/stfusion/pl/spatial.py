@@ -1,0 +1,90 @@
+"""Spot overlays on the H&E image."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+from stfusion import _constants as K  # noqa: E402
+from stfusion.data.section import microns_per_pixel, spatial_info  # noqa: E402
+from stfusion.errors import StfusionError  # noqa: E402
+
+
+def _spot_values(section: ad.AnnData, gene: str | None) -> tuple[np.ndarray, str]:
+    if gene is None:
+        return np.asarray(section.X.sum(axis=1)).ravel().astype(float), "total counts"
+    if gene not in section.var_names:
+        close = [g for g in section.var_names if g.lower().startswith(gene.lower()[:3])][:5]
+        raise StfusionError(
+            f"Gene {gene!r} is not in the section ({section.n_vars} genes). "
+            f"Similar names: {close or 'none'}. Gene names are case-sensitive."
+        )
+    col = section[:, gene].X
+    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    return col.ravel().astype(float), f"{gene} counts"
+
+
+def _best_image(lib: dict) -> tuple[np.ndarray, float]:
+    """The stored image with the most detail (largest scale factor) that is not blank."""
+    options = []
+    for key, sf_key in ((K.HIRES, K.HIRES_SCALEF), (K.LOWRES, K.LOWRES_SCALEF)):
+        img = lib.get(K.IMAGES, {}).get(key)
+        if img is not None and sf_key in lib[K.SCALEFACTORS]:
+            arr = np.asarray(img)
+            if arr.std() > 2 or (arr.dtype != np.uint8 and arr.std() > 0.01):
+                options.append((lib[K.SCALEFACTORS][sf_key], arr))
+    if not options:
+        raise StfusionError("The section stores no usable image to draw on. Read it again with its image.")
+    scalef, img = max(options, key=lambda t: t[0])
+    return img, float(scalef)
+
+
+def _scale_bar(ax, image_width_px: float, um_per_display_px: float) -> None:
+    target_um = image_width_px * um_per_display_px / 5
+    nice = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+    length_um = max([n for n in nice if n <= target_um] or [nice[0]])
+    length_px = length_um / um_per_display_px
+    x0, y0 = image_width_px * 0.05, ax.get_ylim()[0] * 0.95
+    ax.plot([x0, x0 + length_px], [y0, y0], color="black", lw=3)
+    label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+    ax.text(x0 + length_px / 2, y0 * 0.985, label, ha="center", va="bottom", fontsize=8)
+
+
+def spot_overlay(
+    section: ad.AnnData,
+    gene: str | None = None,
+    *,
+    cmap: str = "viridis",
+    alpha: float = 0.8,
+    ax: plt.Axes | None = None,
+) -> Figure:
+    """The H&E with spot circles at their true diameter, coloured by total counts or a gene.
+
+    Adds a colour bar and a physical scale bar. Returns the matplotlib figure.
+    """
+    lib = spatial_info(section)
+    img, scalef = _best_image(lib)
+    values, label = _spot_values(section, gene)
+    xy = np.asarray(section.obsm[K.SPATIAL], dtype=float) * scalef
+    radius = lib[K.SCALEFACTORS][K.SPOT_DIAMETER_FULLRES] * scalef / 2
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 7 * img.shape[0] / img.shape[1] + 0.3))
+    else:
+        fig = ax.figure
+    ax.imshow(img)
+    circles = PatchCollection([Circle((x, y), radius) for x, y in xy], cmap=cmap, alpha=alpha, linewidths=0)
+    circles.set_array(values)
+    ax.add_collection(circles)
+    fig.colorbar(circles, ax=ax, fraction=0.046, pad=0.04, label=label)
+    _scale_bar(ax, img.shape[1], microns_per_pixel(section) / scalef)
+    sid = section.uns.get(K.STFUSION, {}).get(K.SECTION_ID, "")
+    ax.set_title(f"{sid}  ({section.n_obs} spots)")
+    ax.set_axis_off()
+    return fig

@@ -1,0 +1,95 @@
+"""The command line: reading, info, show, and one-line errors with nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stfusion.cli import main
+from tests.conftest import need
+
+
+def _tiny_st(tmp_path, *, negative=False):
+    rng = np.random.default_rng(0)
+    xs, ys = np.meshgrid(np.arange(1, 6), np.arange(1, 6))
+    spots = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel()})
+    spots["new_x"], spots["new_y"] = spots.x, spots.y
+    spots["pixel_x"], spots["pixel_y"] = spots.x * 40.0, spots.y * 40.0
+    spots["selected"] = 1
+    counts = pd.DataFrame(
+        rng.poisson(5, (25, 4)), index=[f"{x}x{y}" for x, y in zip(spots.x, spots.y)], columns=list("ABCD")
+    )
+    if negative:
+        counts.iloc[0, 0] = -3
+    img = np.full((260, 260, 3), 240, np.uint8)
+    img[20:230, 20:230] = 120
+    Image.fromarray(img).save(tmp_path / "he.png")
+    spots.to_csv(tmp_path / "spots.tsv", sep="\t", index=False)
+    counts.to_csv(tmp_path / "counts.tsv", sep="\t")
+    return ["--counts", str(tmp_path / "counts.tsv"), "--spots", str(tmp_path / "spots.tsv"), "--image", str(tmp_path / "he.png")]
+
+
+def test_read_info_show_roundtrip(tmp_path, capsys):
+    out = tmp_path / "s.h5ad"
+    assert main(["read", "st", *_tiny_st(tmp_path), "--spot-spacing-um", "200", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["spots"] == 25 and info["genes"] == 4
+    assert info["microns_per_pixel"] == pytest.approx(5.0)  # 200 µm over a 40 px grid
+    assert info["spot_diameter_px"] == pytest.approx(20.0)  # 100 µm spots
+    assert info["image_width_px"] == 260
+    png = tmp_path / "overlay.png"
+    assert main(["show", str(out), "--out", str(png), "--gene", "B"]) == 0
+    assert Image.open(png).size[0] > 100
+
+
+def test_error_is_one_line_and_leaves_no_output(tmp_path, capsys):
+    out = tmp_path / "bad.h5ad"
+    code = main(["read", "st", *_tiny_st(tmp_path, negative=True), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "negative" in err and "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_debug_shows_traceback(tmp_path):
+    from stfusion.errors import CountsError
+
+    with pytest.raises(CountsError):
+        main(["--debug", "read", "st", *_tiny_st(tmp_path, negative=True), "--out", str(tmp_path / "x.h5ad")])
+
+
+def test_show_unknown_gene_fails_cleanly(tmp_path, capsys):
+    out = tmp_path / "s.h5ad"
+    assert main(["read", "st", *_tiny_st(tmp_path), "--out", str(out)]) == 0
+    png = tmp_path / "o.png"
+    assert main(["show", str(out), "--out", str(png), "--gene", "NOPE"]) == 1
+    assert "NOPE" in capsys.readouterr().err
+    assert not png.exists()
+
+
+def test_missing_file_message(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "absent.h5ad")]) == 1
+    assert "absent.h5ad" in capsys.readouterr().err
+
+
+def test_read_her2st_cli(shared_data, tmp_path, capsys):
+    root = need(shared_data, "her2st")
+    out = tmp_path / "c2.h5ad"
+    assert main(["read", "her2st", str(root), "--section", "C2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["platform"] == "st" and info["patient"] == "C"
+    assert 0.68 <= info["microns_per_pixel"] <= 0.70
+
+
+def test_demo_writes_plot(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert (tmp_path / "demo" / "overlay.png").stat().st_size > 10_000
