@@ -79,7 +79,7 @@ def test_histogram_predictions_non_negative(fitted, halves):
 
 
 def test_colour_models_correlate_with_truth(fitted, halves):
-    # Seen on this split: ColourTextureRidge 0.52, DepthOnly 0.30, Histogram 0.36, Morphology 0.42.
+    # Seen on this split: ColourTextureRidge 0.52, DepthOnly 0.30, Histogram 0.36, Morphology 0.35.
     _, test = halves
     truth = target_expression(test)
     assert mean_pearson(fitted[ColourTextureRidgeBaseline].predict(test).X, truth) > 0.3

@@ -47,7 +47,9 @@ def _check_patches(patches: np.ndarray) -> np.ndarray:
             "Read them with stfusion.data.patches.read_patches."
         )
     if patches.dtype != np.uint8:
-        raise ValueError(f"patches must be uint8 (0-255), got {patches.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8).")
+        raise ValueError(
+            f"patches must be uint8 (0-255), got {patches.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)."
+        )
     return patches
 
 
@@ -258,6 +260,8 @@ def _glcm(grey: np.ndarray) -> np.ndarray:
     angles = [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
     out = np.zeros((len(q), len(GLCM_PROPS) * len(GLCM_DISTANCES)))
     for i, img in enumerate(q):
-        m = graycomatrix(img, distances=list(GLCM_DISTANCES), angles=angles, levels=GLCM_LEVELS, symmetric=True, normed=True)
+        m = graycomatrix(
+            img, distances=list(GLCM_DISTANCES), angles=angles, levels=GLCM_LEVELS, symmetric=True, normed=True
+        )
         out[i] = np.concatenate([graycoprops(m, p).mean(axis=1) for p in GLCM_PROPS])
     return out

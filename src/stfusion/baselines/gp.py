@@ -14,9 +14,11 @@ given the signal/noise ratio, the ratio by a grid plus golden-section search, al
 once).
 
 Speed: for one length scale, ``K = U Λ Uᵀ`` is decomposed once and every gene's covariance
-``s K + n I = U (s Λ + n I) Uᵀ`` is diagonal in that basis, so each gene's likelihood,
-gradient and posterior mean cost O(n) to O(n²) instead of an O(n³) Cholesky. 785 genes x
-400 spots fit in seconds on a CPU.
+``s K + n I = U (s Λ + n I) Uᵀ`` is diagonal in that basis, so each gene's likelihood costs
+O(n) and its posterior mean O(n²) instead of an O(n³) Cholesky per gene. 785 genes x 422
+training spots: fit 2.4 s, predict 0.1 s on a 2-core CPU. The remaining O(n³) cost is one
+eigendecomposition per grid length scale (16 by default), so a full Visium section
+(~4,000 spots) takes minutes.
 
 The prediction is the posterior mean at the test spots; layer ``sd`` holds the predictive
 standard deviation of a measured value (latent variance plus the gene's noise variance).
@@ -86,10 +88,15 @@ def fit_variances(
     best = np.argmin(scores, axis=0)
     lo, hi = grid[np.maximum(best - 1, 0)], grid[np.minimum(best + 1, n_grid - 1)]
     golden = (np.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(n_refine):
-        c, d = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        left = _profile(c, lam, proj2)[1] < _profile(d, lam, proj2)[1]
+    c, d = hi - golden * (hi - lo), lo + golden * (hi - lo)
+    fc, fd = _profile(c, lam, proj2)[1], _profile(d, lam, proj2)[1]
+    for _ in range(n_refine):  # golden-section search, one new evaluation per step and gene
+        left = fc < fd
         hi, lo = np.where(left, d, hi), np.where(left, lo, c)
+        new = np.where(left, hi - golden * (hi - lo), lo + golden * (hi - lo))
+        f_new = _profile(new, lam, proj2)[1]
+        c, d = np.where(left, new, d), np.where(left, c, new)
+        fc, fd = np.where(left, f_new, fd), np.where(left, fc, f_new)
     logr = (lo + hi) / 2.0
     noise, twice_nlml = _profile(logr, lam, proj2)
     return np.exp(logr) * noise, noise, 0.5 * twice_nlml

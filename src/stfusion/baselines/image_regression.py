@@ -47,7 +47,9 @@ def _standardiser(x: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": mean, "scale": scale}
 
 
-def _fit_linear(x: np.ndarray, y: np.ndarray, estimator: Any, *, standardise: bool = True) -> dict[str, np.ndarray]:
+def _fit_linear(
+    x: np.ndarray, y: np.ndarray, estimator: Any, *, standardise: bool = True
+) -> dict[str, np.ndarray]:
     """Fit ``estimator`` (a sklearn linear model) and keep only its arrays."""
     params = _standardiser(x) if standardise else {"mean": np.zeros(x.shape[1]), "scale": np.ones(x.shape[1])}
     estimator.fit((x - params["mean"]) / params["scale"], y)
@@ -93,7 +95,9 @@ class _ImageFeatureModel(Model):
     input_kind: ClassVar[str] = "histology"
     default_out_px: ClassVar[int] = 64
 
-    def __init__(self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, **hyperparams: Any) -> None:
+    def __init__(
+        self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, **hyperparams: Any
+    ) -> None:
         out_px = self.default_out_px if out_px is None else int(out_px)
         if not patch_um > 0 or out_px < 8:
             raise ValueError(f"patch_um must be positive and out_px at least 8, got {patch_um} and {out_px}.")
@@ -128,9 +132,9 @@ class _ImageFeatureModel(Model):
     def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> _ImageFeatureModel:
         sections = as_section_list(train_sections)
         genes = list(genes) if genes is not None else shared_genes(sections)
+        y = np.vstack([target_expression(s, genes) for s in sections]).astype(np.float64)  # checks genes first
         cache: FeatureCache = {}
         x = np.vstack([self.features(s, cache) for s in sections])
-        y = np.vstack([target_expression(s, genes) for s in sections]).astype(np.float64)
         depth = np.concatenate([log_depth(s) for s in sections])
         keep = depth > 0  # spots without any count have no defined target (0/0)
         if keep.sum() < 3:
@@ -159,7 +163,8 @@ class _ImageFeatureModel(Model):
         card = cls.read_card(directory)
         if card.get("method") != cls.name:
             raise StfusionError(
-                f"{directory} holds a '{card.get('method')}' model, not '{cls.name}'. Load it with the matching class."
+                f"{directory} holds a '{card.get('method')}' model, not '{cls.name}'. "
+                "Load it with the matching class (stfusion.models.registry.get(name))."
             )
         model = cls(**card["hyperparams"])
         with np.load(Path(directory) / PARAMS_FILE, allow_pickle=False) as npz:
@@ -184,7 +189,9 @@ class HistogramRegressionBaseline(_ImageFeatureModel):
     name: ClassVar[str] = "histogram_regression"
     description: ClassVar[str] = "Linear regression on 5-bin RGB histograms of each spot's patch (XFuse baseline)."
 
-    def __init__(self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, bins: int = 5, alpha: float = 1e-4) -> None:
+    def __init__(
+        self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, bins: int = 5, alpha: float = 1e-4
+    ) -> None:
         super().__init__(patch_um, out_px, bins=int(bins), alpha=float(alpha))
 
     def _compute_features(self, patches: np.ndarray) -> np.ndarray:
@@ -205,8 +212,8 @@ class MorphologyForestBaseline(_ImageFeatureModel):
     gives identical predictions; loading takes as long as one fit of the forest.
     """
 
-    name: ClassVar[str] = "morphology_forest"
-    description: ClassVar[str] = "Random forest on nucleus morphology statistics of each spot's patch (ST-Net baseline)."
+    name: ClassVar[str] = "morphology_rf"
+    description: ClassVar[str] = "Random forest on nucleus morphology statistics of each patch (ST-Net baseline)."
     default_out_px: ClassVar[int] = 128
 
     def __init__(
@@ -221,9 +228,15 @@ class MorphologyForestBaseline(_ImageFeatureModel):
         min_area_um2: float = 10.0,
     ) -> None:
         super().__init__(
-            patch_um, out_px, n_estimators=int(n_estimators), max_features=max_features,
-            min_samples_leaf=int(min_samples_leaf), n_jobs=int(n_jobs), seed=int(seed), min_area_um2=float(min_area_um2),
-        )  # fmt: skip
+            patch_um,
+            out_px,
+            n_estimators=int(n_estimators),
+            max_features=max_features,
+            min_samples_leaf=int(min_samples_leaf),
+            n_jobs=int(n_jobs),
+            seed=int(seed),
+            min_area_um2=float(min_area_um2),
+        )
         self.forest_: RandomForestRegressor | None = None
 
     def _compute_features(self, patches: np.ndarray) -> np.ndarray:
@@ -239,9 +252,12 @@ class MorphologyForestBaseline(_ImageFeatureModel):
         x, y = self.params_["train_x"], self.params_["train_y"]
         self.params_.update(_standardiser(x))
         self.forest_ = RandomForestRegressor(
-            n_estimators=hp["n_estimators"], max_features=hp["max_features"], min_samples_leaf=hp["min_samples_leaf"],
-            n_jobs=hp["n_jobs"], random_state=hp["seed"],
-        )  # fmt: skip
+            n_estimators=hp["n_estimators"],
+            max_features=hp["max_features"],
+            min_samples_leaf=hp["min_samples_leaf"],
+            n_jobs=hp["n_jobs"],
+            random_state=hp["seed"],
+        )
         self.forest_.fit((x - self.params_["mean"]) / self.params_["scale"], y)
 
     def _after_load(self) -> None:
@@ -314,9 +330,14 @@ class ColourTextureRidgeBaseline(_ImageFeatureModel):
     """
 
     name: ClassVar[str] = "colour_texture_ridge"
-    description: ClassVar[str] = "Ridge regression (per-gene alpha by GCV) on colour/texture features of each patch."
+    description: ClassVar[str] = "Ridge (per-gene alpha by GCV) on colour/texture features of each patch."
 
-    def __init__(self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS) -> None:
+    def __init__(
+        self,
+        patch_um: float = K.ST_SPOT_DIAMETER_UM,
+        out_px: int | None = None,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+    ) -> None:
         super().__init__(patch_um, out_px, alphas=[float(a) for a in alphas])
 
     def _compute_features(self, patches: np.ndarray) -> np.ndarray:
@@ -331,5 +352,10 @@ class ColourTextureRidgeBaseline(_ImageFeatureModel):
 
 IMAGE_BASELINES: dict[str, Callable[..., Model]] = {
     cls.name: cls
-    for cls in (HistogramRegressionBaseline, MorphologyForestBaseline, DepthOnlyBaseline, ColourTextureRidgeBaseline)
+    for cls in (
+        HistogramRegressionBaseline,
+        MorphologyForestBaseline,
+        DepthOnlyBaseline,
+        ColourTextureRidgeBaseline,
+    )
 }

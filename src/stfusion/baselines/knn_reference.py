@@ -58,6 +58,8 @@ class KNNReferenceImputer:
     name: ClassVar[str] = "knn_reference"
     description: ClassVar[str] = "Mean of the k nearest reference cells in a shared PCA space (SpaGE-like)."
     input_kind: ClassVar[str] = "reference"
+    has_uncertainty: ClassVar[bool] = False
+    has_super_resolution: ClassVar[bool] = False
 
     def __init__(self, k: int = 50, n_comps: int = 30) -> None:
         if k < 1 or n_comps < 1:
@@ -65,7 +67,9 @@ class KNNReferenceImputer:
         self.hyperparams: dict[str, Any] = {"k": int(k), "n_comps": int(n_comps)}
         self.ref_counts_: sparse.csr_matrix | None = None
 
-    def fit(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str] | None = None) -> KNNReferenceImputer:
+    def fit(
+        self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str] | None = None
+    ) -> KNNReferenceImputer:
         """Keep both datasets' counts. ``genes``: the candidate matching genes (default: all shared)."""
         shared = spatial.var_names[spatial.var_names.isin(reference.var_names)]
         if genes is not None:

@@ -13,6 +13,7 @@ Example::
     genes = "her2st/her_hvg_cut_1000.npy"   # file (relative to data_root), or a number N
     protocol = "leave_one_section_out"      # see stfusion.benchmark.protocols.PROTOCOLS
     protocol_params = {}
+    min_counts = 1                          # drop spots with fewer total counts (0/0 has no target)
 
     [[methods]]
     name = "constant"                       # see `stfusion methods`
@@ -49,6 +50,7 @@ class DatasetSpec:
     genes: str | int | None = None
     protocol_params: dict[str, Any] = field(default_factory=dict)
     reader_params: dict[str, Any] = field(default_factory=dict)
+    min_counts: int = 1
 
     @property
     def is_pair(self) -> bool:

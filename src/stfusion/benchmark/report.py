@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,12 @@ def load_cells(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _fold_stats(df: pd.DataFrame) -> pd.Series:
+    with warnings.catch_warnings():  # all-NaN metrics (e.g. no AUROC) give NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _fold_stats_inner(df)
+
+
+def _fold_stats_inner(df: pd.DataFrame) -> pd.Series:
     from stfusion.metrics import significant_genes, topk_mean
 
     r = df.loc[df.metric == "pearson", "value"].to_numpy()

@@ -31,7 +31,28 @@ log = logging.getLogger("stfusion")
 
 # ----------------------------------------------------------------------------- data
 def load_dataset(spec: DatasetSpec, cfg: BenchmarkConfig) -> Any:
-    """Sections (list of AnnData) or a (reference, spatial) pair."""
+    """Sections (list of AnnData) or a (reference, spatial) pair.
+
+    Spots with fewer than ``spec.min_counts`` total counts are dropped from sections: the
+    target log1p(counts / total × 1e4) is undefined for an empty spot.
+    """
+    data = _read_dataset(spec, cfg)
+    if spec.is_pair or spec.min_counts <= 0:
+        return data
+    return [_drop_low_count_spots(s, spec.min_counts) for s in data]
+
+
+def _drop_low_count_spots(section: ad.AnnData, min_counts: int) -> ad.AnnData:
+    totals = np.asarray(section.X.sum(axis=1)).ravel()
+    keep = totals >= min_counts
+    if keep.all():
+        return section
+    sid = section.uns.get("stfusion", {}).get("section_id", "section")
+    log.info(f"{sid}: dropped {int((~keep).sum())} of {section.n_obs} spots with < {min_counts} counts")
+    return section[keep].copy()
+
+
+def _read_dataset(spec: DatasetSpec, cfg: BenchmarkConfig) -> Any:
     from stfusion import io
 
     path = cfg.resolve(spec.path)

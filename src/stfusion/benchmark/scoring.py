@@ -27,15 +27,31 @@ def score_histology(pred: ad.AnnData, test: ad.AnnData, genes: Sequence[str]) ->
     truth = target_expression(test, genes)
     p = _aligned(pred, test.obs_names, genes)
     smoothed = M.smooth_neighbours(test, truth)
+    flat = _uninformative(truth, p)
     table = {
-        "pearson": M.pearson(truth, p),
-        "spearman": M.spearman(truth, p),
+        "pearson": _zero_where(M.pearson(truth, p), flat),
+        "spearman": _zero_where(M.spearman(truth, p), flat),
         "rmse": M.rmse(truth, p),
         "auroc": M.auroc_extremes(truth, p),
-        "pearson_smoothed": M.pearson(smoothed, p),
-        "pvalue": M.pearson_pvalues(truth, p),
+        "pearson_smoothed": _zero_where(M.pearson(smoothed, p), flat),
+        "pvalue": np.where(flat, 1.0, M.pearson_pvalues(truth, p)),
     }
     return _tidy(table, genes)
+
+
+def _uninformative(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Genes whose prediction is constant over the spots while the truth varies.
+
+    Their correlation is undefined (NaN); summaries count them as r = 0, the value of a
+    prediction that carries no information, so that a method is not rewarded for
+    predicting a constant (NaN genes would silently drop out of its mean).
+    """
+    with np.errstate(invalid="ignore"):
+        return (np.nanstd(pred, axis=0) == 0) & (np.nanstd(truth, axis=0) > 0)
+
+
+def _zero_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, 0.0, values)
 
 
 def imputation_truth(spatial_full: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
@@ -50,7 +66,7 @@ def score_imputation(pred: ad.AnnData, spatial_full: ad.AnnData, genes: Sequence
     truth = imputation_truth(spatial_full, genes)
     p = _aligned(pred, spatial_full.obs_names, genes)
     table = {
-        "pearson": M.pearson(truth, p),
+        "pearson": _zero_where(M.pearson(truth, p), _uninformative(truth, p)),
         "ssim": M.ssim(truth, p),
         "rmse": M.rmse(truth, p, zscore=True),
         "js": M.js_divergence(truth, p),

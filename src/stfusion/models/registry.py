@@ -15,7 +15,7 @@ REGISTRY: dict[str, str] = {
     "constant": "stfusion.baselines.interpolation:ConstantBaseline",
     "nearest_neighbour": "stfusion.baselines.interpolation:NearestNeighbourBaseline",
     "linear": "stfusion.baselines.interpolation:LinearInterpolationBaseline",
-    "gp": "stfusion.baselines.gp:GaussianProcessBaseline",
+    "gaussian_process": "stfusion.baselines.gp:GaussianProcessBaseline",
     "label_mean": "stfusion.baselines.labels:LabelMeanBaseline",
     "histogram_regression": "stfusion.baselines.image_regression:HistogramRegressionBaseline",
     "morphology_rf": "stfusion.baselines.image_regression:MorphologyForestBaseline",

@@ -1,0 +1,410 @@
+"""SpaIM: impute genes of single-cell spatial data from an scRNA-seq reference by style transfer.
+
+Li et al., "SpaIM: single-cell spatial transcriptomics imputation via style transfer",
+Nat Commun 2025; reference code github.com/QSong-github/SpaIM. Samples are genes: a
+gene's *content* is its mean log1p expression in each of K reference clusters, its target
+its log1p profile over the N spatial cells. Net and losses: :mod:`stfusion.models.spaim.nn`.
+
+Preprocessing. Both datasets: ``log1p(counts / cell total * target_sum)`` (totals over all
+genes of the dataset, ``target_sum=1e4``); ``target_sum=None`` gives the reference code's
+``log1p(counts)`` without library-size normalisation. Clusters: ``obs["cell_type"]`` when
+present (the reference code's "annotate" mode); otherwise Leiden (resolution 0.5, as the
+reference code) when igraph is installed, else k-means (``n_clusters``, default 10) on the
+PCA of the normalised, scaled reference (2,000 HVGs when it has more genes). An explicit
+``n_clusters`` always uses k-means. Training genes with zero counts in either dataset are
+dropped with a warning (the reference code filters genes seen in < 3 cells); requesting a
+gene with zero reference counts raises :class:`UnimputableGenesError`.
+
+Differences from the reference code (on purpose): every requested gene is predicted (it
+keeps only the last batch), outputs are labelled cells x genes in the requested order
+(it can swap gene and cell labels), CPU by default (it hard-codes CUDA), and the
+input-dropout augmentation of its ``main.py`` (3 extra copies, half the content zeroed)
+is off by default (``dropout=0``), as in its benchmark script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+
+from stfusion import _constants as K
+from stfusion.errors import CountsError, StfusionError
+from stfusion.models.base import NotFittedError
+from stfusion.models.spaim.nn import SpaIMNet, spaim_loss
+
+__all__ = ["FAST", "SpaIM", "UnimputableGenesError", "cluster_means", "log1p_expression", "reference_clusters"]
+
+WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "model.json"
+DEFAULT_KMEANS_K = 10
+FAST: dict[str, Any] = {"epochs": 80, "hidden": (256, 128)}
+
+
+class UnimputableGenesError(StfusionError, ValueError):
+    """Genes that cannot be imputed (not in the reference, or no counts there)."""
+
+
+# --------------------------------------------------------------------------- preprocessing
+def log1p_expression(counts, target_sum: float | None = 1e4) -> sparse.csr_matrix:
+    """``log1p(counts / cell total * target_sum)`` (``None``: ``log1p(counts)``), sparse float32."""
+    x = sparse.csr_matrix(counts, dtype=np.float64)
+    if x.nnz and (not np.isfinite(x.data).all() or x.data.min() < 0):
+        raise CountsError("Counts must be finite and non-negative; pass raw counts (adata.X or layers['counts']).")
+    if target_sum is not None:
+        totals = np.asarray(x.sum(axis=1)).ravel()
+        scale = np.divide(float(target_sum), totals, out=np.zeros_like(totals), where=totals > 0)
+        x = sparse.diags(scale) @ x
+    return sparse.csr_matrix(x.log1p(), dtype=np.float32)
+
+
+def _pca(reference: ad.AnnData, seed: int) -> ad.AnnData:
+    """Normalised, log1p, scaled reference (2,000 HVGs when larger) with ``obsm["X_pca"]``."""
+    import scanpy as sc
+
+    tmp = ad.AnnData(X=sparse.csr_matrix(reference.X, dtype=np.float32))
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    if tmp.n_vars > 2000:
+        sc.pp.highly_variable_genes(tmp, n_top_genes=2000, subset=True)
+    sc.pp.scale(tmp, max_value=10)
+    n_comps = max(1, min(50, tmp.n_vars - 1, tmp.n_obs - 1))
+    sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+    return tmp
+
+
+def reference_clusters(
+    reference: ad.AnnData, n_clusters: int | None = None, *, cluster_key: str = K.CELL_TYPE,
+    resolution: float = 0.5, seed: int = 0,
+) -> tuple[np.ndarray, list[str], str]:  # fmt: skip
+    """Cluster index per reference cell, cluster names, and how they were found.
+
+    ``obs[cluster_key]`` when present and ``n_clusters`` is None (cells without a label are
+    left out: index -1); else Leiden (when igraph is installed and ``n_clusters`` is None);
+    else k-means with ``n_clusters`` (default 10) on the reference's PCA.
+    """
+    if n_clusters is None and cluster_key in reference.obs:
+        col = reference.obs[cluster_key].astype("category").cat.remove_unused_categories()
+        if len(col.cat.categories) == 0:
+            raise StfusionError(f"obs[{cluster_key!r}] has no labels; drop the column or pass n_clusters.")
+        return col.cat.codes.to_numpy(np.int64), [str(c) for c in col.cat.categories], cluster_key
+    tmp = _pca(reference, seed)
+    if n_clusters is None and importlib.util.find_spec("igraph") is not None:
+        import scanpy as sc
+
+        sc.pp.neighbors(tmp, random_state=seed)
+        sc.tl.leiden(tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
+        codes = tmp.obs["leiden"].cat.codes.to_numpy(np.int64)
+        return codes, [f"leiden_{c}" for c in tmp.obs["leiden"].cat.categories], "leiden"
+    from sklearn.cluster import KMeans
+
+    k = DEFAULT_KMEANS_K if n_clusters is None else int(n_clusters)
+    if not 1 <= k <= reference.n_obs:
+        raise ValueError(f"n_clusters must be between 1 and the reference's {reference.n_obs} cells, got {k}.")
+    codes = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(tmp.obsm["X_pca"]).astype(np.int64)
+    return codes, [f"kmeans_{c}" for c in range(k)], "kmeans"
+
+
+def cluster_means(expr: sparse.csr_matrix, codes: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Mean of each gene in each cluster (cells with code -1 ignored): K x genes float32."""
+    keep = codes >= 0
+    rows, cols = codes[keep], np.flatnonzero(keep)
+    sizes = np.bincount(rows, minlength=n_clusters).astype(np.float64)
+    if (sizes == 0).any():
+        raise StfusionError(f"Reference clusters {np.flatnonzero(sizes == 0).tolist()} are empty; pass fewer clusters.")
+    ind = sparse.csr_matrix((1.0 / sizes[rows], (rows, cols)), shape=(n_clusters, expr.shape[0]))
+    return np.asarray((ind @ expr).todense(), dtype=np.float32)
+
+
+def _obs_hash(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(map(str, names)).encode()).hexdigest()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- model
+class SpaIM:
+    """SpaIM imputer for ONE spatial dataset (its output layer has one unit per spatial cell).
+
+    ``fit(reference, spatial, genes=None)`` trains on the genes both measure (or ``genes``);
+    ``impute(genes)`` predicts reference genes for every cell of that same spatial data.
+
+    Parameters
+    ----------
+    epochs, batch_size, lr
+        Adam training (reference code: 300 epochs, 500 genes per batch, lr 1e-3, betas 0.9/0.999).
+    hidden
+        ``(h1, h2)`` widths at the two ReST depths (512, 256).
+    dropout, augment_copies
+        Input-dropout augmentation: each batch gets ``augment_copies`` extra copies of the
+        content with a fraction ``dropout`` of entries zeroed (reference ``main.py``: 0.5, 3).
+    n_clusters, cluster_key, resolution
+        Reference clusters (see :func:`reference_clusters`).
+    target_sum
+        Library-size normalisation before log1p (``None``: the reference code's raw log1p).
+    seed, device
+        Seed of weights, shuffling and masks; ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    progress
+        Show a rich progress bar while training.
+    """
+
+    name: ClassVar[str] = "spaim"
+    description: ClassVar[str] = "SpaIM: recursive style transfer from reference clusters to spatial profiles."
+    input_kind: ClassVar[str] = "reference"
+
+    def __init__(
+        self, epochs: int = 300, batch_size: int = 500, lr: float = 1e-3, hidden: Sequence[int] = (512, 256),
+        dropout: float = 0.0, augment_copies: int = 3, n_clusters: int | None = None,
+        cluster_key: str = K.CELL_TYPE, resolution: float = 0.5, target_sum: float | None = 1e4,
+        seed: int = 0, device: str = "cpu", progress: bool = False,
+    ) -> None:  # fmt: skip
+        if epochs < 0 or batch_size < 1 or lr <= 0 or not 0.0 <= dropout < 1.0 or augment_copies < 0:
+            raise ValueError("Need epochs >= 0, batch_size >= 1, lr > 0, 0 <= dropout < 1 and augment_copies >= 0.")
+        self.hyperparams: dict[str, Any] = {
+            "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+            "hidden": [int(h) for h in hidden], "dropout": float(dropout), "augment_copies": int(augment_copies),
+            "n_clusters": None if n_clusters is None else int(n_clusters), "cluster_key": str(cluster_key),
+            "resolution": float(resolution), "target_sum": None if target_sum is None else float(target_sum),
+            "seed": int(seed), "device": str(device),
+        }  # fmt: skip
+        self.progress = bool(progress)
+        self.net_: SpaIMNet | None = None
+        self.history_: list[dict[str, float]] = []
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> SpaIM:
+        """A short-training preset for tests and demos (:data:`FAST`, then ``overrides``)."""
+        return cls(**{**FAST, **overrides})
+
+    # -- fitting
+    def fit(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str] | None = None) -> SpaIM:
+        """Train on ``genes`` (default: every gene both datasets measure) of this spatial data."""
+        hp = self.hyperparams
+        train = self._training_genes(reference, spatial, genes)
+        codes, names, how = reference_clusters(reference, hp["n_clusters"], cluster_key=hp["cluster_key"],
+                                               resolution=hp["resolution"], seed=hp["seed"])  # fmt: skip
+        ref_expr = log1p_expression(reference.X, hp["target_sum"])
+        self.content_ = cluster_means(ref_expr, codes, len(names))
+        self.ref_genes_ = [str(g) for g in reference.var_names]
+        sp_expr = log1p_expression(spatial.X, hp["target_sum"])[:, spatial.var_names.get_indexer(train)]
+        ref_index = pd.Index(self.ref_genes_)
+        x = self.content_[:, ref_index.get_indexer(train)].T
+        y = np.asarray(sp_expr.T.todense(), dtype=np.float32)
+        x, y = self._drop_unexpressed(train, x, y)
+        self.clusters_, self.clustering_ = names, how
+        self.obs_names_ = [str(c) for c in spatial.obs_names]
+        self.obsm_ = {k: np.asarray(v) for k, v in spatial.obsm.items() if not isinstance(v, pd.DataFrame)}
+        self._train(x, y)
+        return self
+
+    def _training_genes(self, reference: ad.AnnData, spatial: ad.AnnData, genes) -> list[str]:
+        shared = spatial.var_names[spatial.var_names.isin(reference.var_names)]
+        if genes is not None:
+            bad = pd.Index([str(g) for g in genes]).difference(shared)
+            if len(bad):
+                raise StfusionError(
+                    f"{len(bad)} training genes are not measured in both datasets (e.g. {list(bad[:3])}). "
+                    "Pass genes present in both the reference and the spatial data."
+                )
+            shared = pd.Index([str(g) for g in genes]).unique()
+        if len(shared) < 2:
+            raise StfusionError(
+                f"The reference and spatial data share {len(shared)} genes; SpaIM needs at least 2 to learn from. "
+                "Harmonise gene names (symbols vs IDs, case) first."
+            )
+        return [str(g) for g in shared]
+
+    def _drop_unexpressed(self, train: list[str], x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = (x.max(axis=1) > 0) & (y.max(axis=1) > 0)
+        if not ok.all():
+            dropped = [g for g, keep in zip(train, ok) if not keep]
+            warnings.warn(f"{len(dropped)} training genes have no counts in the reference or the spatial data "
+                          f"and are not used: {dropped[:10]}", stacklevel=3)  # fmt: skip
+        if ok.sum() < 2:
+            raise StfusionError("Fewer than 2 training genes have counts in both datasets; SpaIM cannot be trained.")
+        self.genes_ = [g for g, keep in zip(train, ok) if keep]
+        return x[ok], y[ok]
+
+    def _build(self, n_clusters: int, n_cells: int) -> SpaIMNet:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hyperparams["seed"])
+            return SpaIMNet(n_clusters, n_cells, tuple(self.hyperparams["hidden"]))
+
+    def _train(self, x: np.ndarray, y: np.ndarray) -> None:
+        hp = self.hyperparams
+        device = _device(hp["device"])
+        net = self._build(x.shape[1], y.shape[1]).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=(0.9, 0.999))
+        rng = np.random.default_rng(hp["seed"])
+        masks = torch.Generator().manual_seed(hp["seed"])
+        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        self.history_ = []
+        net.train()
+        with _progress(self.progress, hp["epochs"]) as advance:
+            for _ in range(hp["epochs"]):
+                parts = [self._step(net, opt, xt[i], yt[i], masks) for i in _batches(rng, len(x), hp["batch_size"])]
+                self.history_.append({k: float(np.mean([p[k] for p in parts])) for k in parts[0]})
+                advance(self.history_[-1]["loss"])
+        self.net_ = net.eval()
+
+    def _step(self, net, opt, content, target, masks) -> dict[str, float]:
+        hp = self.hyperparams
+        if hp["dropout"] > 0 and hp["augment_copies"] > 0:
+            content, target = _augment(content, target, hp["augment_copies"], hp["dropout"], masks)
+        loss, parts = spaim_loss(net(content, target), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return parts
+
+    # -- prediction
+    def _check_fitted(self) -> SpaIMNet:
+        if self.net_ is None:
+            raise NotFittedError("SpaIM is not fitted: call .fit(reference, spatial) or SpaIM.load(dir) first.")
+        return self.net_
+
+    def _content_of(self, genes: list[str]) -> np.ndarray:
+        idx = pd.Index(self.ref_genes_).get_indexer(genes)
+        missing = [g for g, i in zip(genes, idx) if i < 0]
+        if missing:
+            raise UnimputableGenesError(f"{len(missing)} genes to impute are not in the reference: {missing[:10]}. "
+                                        "Only genes the reference measures can be imputed.")  # fmt: skip
+        content = self.content_[:, idx].T
+        empty = [g for g, c in zip(genes, content) if c.max() <= 0]
+        if empty:
+            raise UnimputableGenesError(f"{len(empty)} genes have zero counts in the reference and cannot be imputed: "
+                                        f"{empty[:10]}. Drop them from the request.")  # fmt: skip
+        return np.ascontiguousarray(content)
+
+    def impute(self, genes: Sequence[str]) -> ad.AnnData:
+        """Spatial cells x ``genes`` (in that order), log1p space of the spatial data, negatives set to 0."""
+        net = self._check_fitted()
+        genes = [str(g) for g in genes]
+        if len(set(genes)) != len(genes):
+            raise UnimputableGenesError("Genes to impute are repeated; pass each gene once.")
+        content = torch.from_numpy(self._content_of(genes))
+        device = next(net.parameters()).device
+        step = self.hyperparams["batch_size"]
+        with torch.no_grad():
+            chunks = [net.generate(content[i : i + step].to(device))["fake"].cpu() for i in range(0, len(genes), step)]
+        values = torch.cat(chunks).numpy().T if chunks else np.zeros((len(self.obs_names_), 0), np.float32)
+        return self._wrap(np.clip(values, 0.0, None), genes)
+
+    def fit_impute(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str]) -> ad.AnnData:
+        """Train on the shared genes other than ``genes``, then impute ``genes``."""
+        hold = {str(g) for g in genes}
+        shared = spatial.var_names[spatial.var_names.isin(reference.var_names)]
+        return self.fit(reference, spatial, [g for g in shared if g not in hold]).impute(genes)
+
+    def _wrap(self, values: np.ndarray, genes: list[str]) -> ad.AnnData:
+        out = ad.AnnData(
+            X=np.ascontiguousarray(values, dtype=np.float32),
+            obs=pd.DataFrame(index=pd.Index(self.obs_names_)),
+            var=pd.DataFrame({"imputed": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes)),
+        )
+        for key, arr in self.obsm_.items():
+            out.obsm[key] = arr.copy()
+        space = "log1p_counts" if self.hyperparams["target_sum"] is None else "log1p_cp10k"
+        out.uns[K.STFUSION] = {"method": self.name, "expression_space": space}
+        return out
+
+    # -- persistence
+    def card(self) -> dict[str, Any]:
+        from stfusion import __version__
+
+        return {
+            "method": self.name, "version": __version__, "hyperparams": self.hyperparams,
+            "seed": self.hyperparams["seed"], "genes": self.genes_, "reference_genes": self.ref_genes_,
+            "n_clusters": len(self.clusters_), "clusters": self.clusters_, "clustering": self.clustering_,
+            "n_spatial_cells": len(self.obs_names_), "spatial_obs_names_sha256": _obs_hash(self.obs_names_),
+            "spatial_obs_names": self.obs_names_, "obsm_keys": sorted(self.obsm_),
+        }  # fmt: skip
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.json`` (card) and ``weights.pt`` (tensors only: net, content, obsm)."""
+        net = self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"net.{k}": v.detach().cpu() for k, v in net.state_dict().items()}
+        tensors["content"] = torch.from_numpy(self.content_)
+        tensors.update({f"obsm.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.obsm_.items()})
+        torch.save(tensors, directory / WEIGHTS_FILE)
+        (directory / CARD_FILE).write_text(json.dumps(self.card(), indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> SpaIM:
+        """Rebuild a saved model (``device`` overrides the saved one)."""
+        directory = Path(directory)
+        if not (directory / CARD_FILE).exists() or not (directory / WEIGHTS_FILE).exists():
+            raise StfusionError(f"{directory} is not a saved SpaIM model (needs {CARD_FILE} and {WEIGHTS_FILE}).")
+        card = json.loads((directory / CARD_FILE).read_text())
+        if card.get("method") != cls.name:
+            raise StfusionError(f"{directory} holds a {card.get('method')!r} model, not SpaIM.")
+        hp = dict(card["hyperparams"], **({} if device is None else {"device": device}))
+        model = cls(**hp)
+        tensors = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model.content_ = tensors["content"].numpy()
+        model.ref_genes_, model.genes_ = card["reference_genes"], card["genes"]
+        model.clusters_, model.clustering_ = card["clusters"], card["clustering"]
+        model.obs_names_ = card["spatial_obs_names"]
+        if _obs_hash(model.obs_names_) != card["spatial_obs_names_sha256"]:
+            raise StfusionError(f"{directory}/{CARD_FILE} is corrupt: the spatial cell names do not match their hash.")
+        model.obsm_ = {k: tensors[f"obsm.{k}"].numpy() for k in card["obsm_keys"]}
+        net = SpaIMNet(len(model.clusters_), len(model.obs_names_), tuple(hp["hidden"]))
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        model.net_ = net.to(_device(hp["device"])).eval()
+        return model
+
+
+# --------------------------------------------------------------------------- training helpers
+def _batches(rng: np.random.Generator, n: int, size: int) -> list[np.ndarray]:
+    perm = rng.permutation(n)
+    return [perm[i : i + size] for i in range(0, n, size)]
+
+
+def _augment(content: torch.Tensor, target: torch.Tensor, copies: int, frac: float, gen: torch.Generator):
+    """The reference code's augmentation: ``copies`` extra content copies with a fraction zeroed."""
+    keep = torch.rand((copies, *content.shape), generator=gen) >= frac
+    extra = content.unsqueeze(0) * keep.to(content.device, content.dtype)
+    return torch.cat([content, extra.reshape(-1, content.shape[1])]), target.repeat(copies + 1, 1)
+
+
+class _progress:
+    """Context manager yielding ``advance(loss)``; a rich bar when ``show``, else a no-op."""
+
+    def __init__(self, show: bool, total: int) -> None:
+        self.show, self.total, self.bar = show, total, None
+
+    def __enter__(self):
+        if not self.show:
+            return lambda loss: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("SpaIM"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                            TimeRemainingColumn(), transient=True)  # fmt: skip
+        self.bar.start()
+        task = self.bar.add_task("train", total=self.total, loss="-")
+
+        def advance(loss: float) -> None:
+            self.bar.update(task, advance=1, loss=f"{loss:.4f}")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,505 @@
+"""The one training loop every neural method uses (ST-Net, HisToGene, XFuse, SpaIM).
+
+A method supplies an ``nn.Module``, a loss function ``loss_fn(net, batch) -> Tensor`` and
+an optimiser choice; :func:`fit` does the rest on Lightning: seeding, resume-safe
+shuffling, per-epoch train/val loss history, early stopping on ``val_loss`` with the best
+weights restored, checkpoints (``last.ckpt`` + ``best.ckpt``), a wall-clock budget and a
+quiet console. :func:`predict_batches` runs a fitted net over a dataset.
+
+Best weights are kept as an in-memory CPU copy of the state dict (also stored in the
+checkpoints, so ``resume=True`` keeps them); they do not depend on ``checkpoint_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from stfusion.train.seed import make_generator, seed_everything, worker_init_fn
+
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_utilities")
+_NOISY_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*GPU available but not used.*",
+    r".*TPU available but not used.*",
+    r".*exists and is not empty.*",
+    r".*smaller than the logging interval.*",
+    r".*Tensor Cores.*",
+    r".*treespec, LeafSpec.*",  # torch 2.13 deprecation hit inside Lightning 2.6
+)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    ``history`` has one dict per finished epoch (``epoch``, ``train_loss``, ``val_loss``
+    — None without validation data — plus any extra terms the loss returned).
+    ``best_epoch``/``best_val_loss`` are None without validation data. ``stopped_early``
+    is True when early stopping ended training; ``timed_out`` when ``max_time_s`` did.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+    timed_out: bool = False
+    seconds: float = 0.0
+    best_checkpoint: str | None = None
+
+    @property
+    def epochs_run(self) -> int:
+        """Number of finished epochs (including epochs before a resume)."""
+        return len(self.history)
+
+
+class TrainModule(L.LightningModule):
+    """Generic LightningModule: a net, a loss function and an optimiser factory.
+
+    Parameters
+    ----------
+    net
+        The model; ``self.net`` (its parameters are the ``net.`` entries of checkpoints).
+    loss_fn
+        ``loss_fn(net, batch)`` returns the scalar loss, or a mapping with key ``"loss"``
+        and further scalar terms (logged as ``train_<key>``/``val_<key>``).
+    optimizer_factory
+        ``optimizer_factory(params) -> Optimizer``.
+    scheduler_factory
+        Optional ``scheduler_factory(optimizer)`` returning an LR scheduler (stepped once
+        per epoch) or a Lightning scheduler config dict (e.g. with ``"monitor"`` for
+        ``ReduceLROnPlateau``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss_fn: LossFn,
+        optimizer_factory: OptimizerFactory,
+        scheduler_factory: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+        self.optimizer_factory = optimizer_factory
+        self.scheduler_factory = scheduler_factory
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.net(*args, **kwargs)
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        loss, extras = _split_loss(self.loss_fn(self.net, batch))
+        n = batch_size_of(batch)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
+        for key, value in extras.items():
+            self.log(f"{stage}_{key}", value, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt)
+        config = sched if isinstance(sched, Mapping) else {"scheduler": sched, "interval": "epoch"}
+        return {"optimizer": opt, "lr_scheduler": config}
+
+
+def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if isinstance(out, Mapping):
+        if "loss" not in out:
+            raise KeyError(f"loss_fn returned a mapping without 'loss' (keys {list(out)}); add the total loss as 'loss'.")
+        return out["loss"], {k: v.detach() for k, v in out.items() if k != "loss"}
+    return out, {}
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading dimension of the first tensor in ``batch`` (tensor, sequence or mapping); 1 if none."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim else 1
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        if isinstance(item, (torch.Tensor, Mapping, list, tuple)):
+            return batch_size_of(item)
+    return 1
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class _Recorder(Callback):
+    """Per-epoch history, in-memory best weights and RNG states (saved in checkpoints)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.best_epoch: int | None = None
+        self.best_val_loss: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row = _epoch_row(trainer)
+        self.history.append(row)
+        val = row["val_loss"]
+        if val is not None and np.isfinite(val) and (self.best_val_loss is None or val < self.best_val_loss):
+            self.best_epoch, self.best_val_loss = row["epoch"], val
+            net = pl_module.net  # type: ignore[attr-defined]
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_state": self.best_state,
+            "rng": _get_rng_states(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+        self.best_epoch = state_dict["best_epoch"]
+        self.best_val_loss = state_dict["best_val_loss"]
+        self.best_state = state_dict["best_state"]
+        _set_rng_states(state_dict["rng"])
+
+
+def _epoch_row(trainer: L.Trainer) -> dict[str, Any]:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    row: dict[str, Any] = {
+        "epoch": int(trainer.current_epoch),
+        "train_loss": metrics.pop("train_loss", None),
+        "val_loss": metrics.pop("val_loss", None),
+    }
+    row.update(sorted(metrics.items()))
+    return row
+
+
+def _get_rng_states() -> dict[str, Any]:
+    import random
+
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    import random
+
+    random.setstate(states["python"])
+    name, key, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------- data
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random order determined by (seed, epoch) alone, so a resumed run shuffles exactly
+    like an uninterrupted one. Lightning calls :meth:`set_epoch` before every epoch.
+
+    ``set_epoch`` reseeds ``generator``, which the DataLoader also uses for worker seeds.
+    """
+
+    def __init__(self, n: int, seed: int, generator: torch.Generator) -> None:
+        self.n, self.seed, self.generator = int(n), int(seed), generator
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        mixed = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(1)[0]
+        self.generator.manual_seed(int(mixed))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(
+    data: Dataset | DataLoader,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    collate_fn: Callable | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A seeded DataLoader for ``data`` (returned unchanged when it already is one)."""
+    if isinstance(data, DataLoader):
+        return data
+    gen = make_generator(seed)
+    sampler = None
+    if shuffle and not isinstance(data, IterableDataset):
+        sampler = EpochShuffleSampler(len(data), seed, gen)  # type: ignore[arg-type]
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        generator=gen,
+        worker_init_fn=worker_init_fn if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
+    )
+
+
+# ---------------------------------------------------------------- fit
+
+
+def make_optimizer_factory(
+    optimizer: str | OptimizerFactory, lr: float, weight_decay: float = 0.0
+) -> OptimizerFactory:
+    """``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9, as in ST-Net) or a callable returned as is."""
+    if callable(optimizer):
+        return optimizer
+    name = str(optimizer).lower()
+    if name == "adam":
+        return lambda p: torch.optim.Adam(p, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam', 'adamw', 'sgd' or a callable params -> Optimizer.")
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info logs and routine warnings inside the block only.
+
+    Logger levels are restored afterwards; the warning filters are scoped by
+    :func:`warnings.catch_warnings`. Real problems (errors, other warnings) still show.
+    """
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in _NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _resume_path(checkpoint_dir: Path | None, resume: bool) -> str | None:
+    if not resume:
+        return None
+    if checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the folder holding last.ckpt); pass checkpoint_dir=...")
+    last = checkpoint_dir / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def _callbacks(
+    has_val: bool, patience: int | None, checkpoint_dir: Path | None, progress: bool
+) -> tuple[_Recorder, EarlyStopping | None, ModelCheckpoint | None, list[Callback]]:
+    recorder = _Recorder()
+    callbacks: list[Callback] = [recorder]
+    stopper = ckpt = None
+    if patience is not None and has_val:
+        stopper = EarlyStopping(monitor="val_loss", patience=int(patience), mode="min", check_on_train_epoch_end=True)
+        callbacks.append(stopper)
+    if checkpoint_dir is not None:
+        ckpt = ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="best",
+            monitor="val_loss" if has_val else None,
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        callbacks.append(ckpt)
+    if progress:
+        callbacks.append(TQDMProgressBar())
+    return recorder, stopper, ckpt, callbacks
+
+
+def fit(
+    net: nn.Module,
+    loss_fn: LossFn,
+    train_data: Dataset | DataLoader,
+    val_data: Dataset | DataLoader | None = None,
+    *,
+    optimizer: str | OptimizerFactory = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    scheduler: SchedulerFactory | None = None,
+    epochs: int = 50,
+    batch_size: int = 32,
+    collate_fn: Callable | None = None,
+    seed: int = 0,
+    early_stopping_patience: int | None = None,
+    restore_best: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_time_s: float | None = None,
+    num_workers: int = 0,
+    accelerator: str = "cpu",
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str | Any = "auto",
+    gradient_clip_val: float | None = None,
+    log_every_n_steps: int = 50,
+    logger: Any = False,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train ``net`` in place with ``loss_fn(net, batch)``; return the loss history.
+
+    Seeds python/numpy/torch from ``seed`` first and shuffles by (seed, epoch), so the
+    same call on an identically initialised net gives identical losses and weights
+    (initialise the net after :func:`seed_everything` to make that part reproducible too).
+    With ``val_data``: ``val_loss`` is logged per epoch, early stopping uses
+    ``early_stopping_patience`` epochs without improvement, and the net ends with the
+    weights of the best validation epoch (in-memory copy; ``restore_best=False`` keeps
+    the last). ``checkpoint_dir`` writes ``last.ckpt`` and ``best.ckpt``;
+    ``resume=True`` continues from ``last.ckpt`` up to ``epochs`` in total (starts fresh
+    when there is none). ``max_time_s`` is a wall-clock budget. Datasets become
+    DataLoaders with ``batch_size``/``collate_fn``/``num_workers``; DataLoaders are used
+    as given (their shuffling is then the caller's business). ``accelerator``,
+    ``devices``, ``num_nodes``, ``strategy``, ``logger`` and ``trainer_kwargs`` go to
+    :class:`lightning.Trainer`. ``progress=False`` prints nothing.
+    """
+    start = time.perf_counter()
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt_path = _resume_path(ckpt_dir, resume)
+    seed_everything(seed)
+    train_loader = make_loader(train_data, batch_size, shuffle=True, seed=seed, collate_fn=collate_fn, num_workers=num_workers)
+    val_loader = None
+    if val_data is not None:
+        val_loader = make_loader(val_data, batch_size, shuffle=False, seed=seed, collate_fn=collate_fn, num_workers=num_workers)
+    module = TrainModule(net, loss_fn, make_optimizer_factory(optimizer, lr, weight_decay), scheduler)
+    recorder, stopper, ckpt, callbacks = _callbacks(val_loader is not None, early_stopping_patience, ckpt_dir, progress)
+    with quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=int(epochs),
+            max_time=timedelta(seconds=max_time_s) if max_time_s is not None else None,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            callbacks=callbacks,
+            logger=logger,
+            enable_checkpointing=ckpt is not None,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=ckpt_dir,
+            gradient_clip_val=gradient_clip_val,
+            log_every_n_steps=log_every_n_steps,
+            **dict(trainer_kwargs or {}),
+        )
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=False)
+    return _finish(net, recorder, stopper, ckpt, restore_best, epochs, time.perf_counter() - start)
+
+
+def _finish(
+    net: nn.Module,
+    recorder: _Recorder,
+    stopper: EarlyStopping | None,
+    ckpt: ModelCheckpoint | None,
+    restore_best: bool,
+    epochs: int,
+    seconds: float,
+) -> FitResult:
+    if restore_best and recorder.best_state is not None:
+        net.load_state_dict(recorder.best_state)
+    stopped = stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+    return FitResult(
+        history=recorder.history,
+        best_epoch=recorder.best_epoch,
+        best_val_loss=recorder.best_val_loss,
+        stopped_early=stopped,
+        timed_out=not stopped and len(recorder.history) < epochs,
+        seconds=seconds,
+        best_checkpoint=(ckpt.best_model_path or None) if ckpt is not None else None,
+    )
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _default_forward(net: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, (list, tuple)):
+        return net(batch[0])
+    if isinstance(batch, Mapping):
+        raise TypeError("batches are mappings; pass forward=lambda net, batch: net(batch[...]) to predict_batches.")
+    return net(batch)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    return move_data_to_device(batch, device)
+
+
+def predict_batches(
+    net: nn.Module,
+    data: Dataset | DataLoader,
+    batch_size: int = 64,
+    collate_fn: Callable | None = None,
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    device: str | torch.device | None = None,
+) -> torch.Tensor | list[Any]:
+    """Run ``net`` over ``data`` in eval mode without gradients, in dataset order.
+
+    ``forward(net, batch)`` computes one batch's output (default: ``net(batch)``, or
+    ``net(batch[0])`` when batches are tuples/lists such as ``(x, y)``). Batches go to
+    ``device`` (default: where the net's parameters are). Tensor outputs are
+    concatenated on the CPU along dim 0; other outputs come back as a list per batch.
+    The net's train/eval mode is restored afterwards.
+    """
+    forward = forward or _default_forward
+    params = list(net.parameters())
+    dev = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
+    loader = make_loader(data, batch_size, shuffle=False, collate_fn=collate_fn)
+    was_training = net.training
+    net.eval()
+    outputs: list[Any] = []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                out = forward(net, _to_device(batch, dev))
+                outputs.append(out.detach().cpu() if isinstance(out, torch.Tensor) else out)
+    finally:
+        net.train(was_training)
+    if outputs and all(isinstance(o, torch.Tensor) for o in outputs):
+        return torch.cat(outputs, dim=0)
+    return outputs
