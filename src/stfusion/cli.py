@@ -216,6 +216,76 @@ def demo_cmd(
     run_demo(out, seed=seed)
 
 
+# ----------------------------------------------------------------------------- models
+def _parse_params(items: list[str]) -> dict:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, booleans, lists)."""
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--param expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def _genes_spec(genes: Optional[str]):
+    return int(genes) if genes is not None and genes.isdigit() else genes
+
+
+@app.command("fit")
+def fit_cmd(
+    method: Annotated[str, typer.Argument(help="Method name (see `stfusion methods`).")],
+    sections: Annotated[list[Path], typer.Argument(help="Training sections (.h5ad from `stfusion read`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    genes: Annotated[Optional[str], typer.Option(help="Gene list file, .npy of names, or N (top N by mean).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Named set of hyperparameters, e.g. fast.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    param: Annotated[list[str], typer.Option("--param", "-p", help="Hyperparameter key=value (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Fit a model on sections and save it (weights + JSON model card)."""
+    from stfusion.io import read_h5ad
+    from stfusion.models.api import fit, save_model
+
+    params = _parse_params(param)
+    for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed)):
+        if value is not None:
+            params[key] = value
+    model = fit(method, [read_h5ad(p) for p in sections], genes=_genes_spec(genes), **params)
+    save_model(model, out)
+    logging.getLogger("stfusion").info(f"wrote {out} ({method}, {len(model.genes_)} genes)")
+
+
+@app.command("predict")
+def predict_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `stfusion fit`.")],
+    section: Annotated[Optional[Path], typer.Argument(help="Section .h5ad whose spots to predict.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions .h5ad.")] = Path("predictions.h5ad"),
+    image: Annotated[Optional[Path], typer.Option(help="H&E-only slide to predict instead of a section.")] = None,
+    microns_per_pixel: MppOpt = None,
+) -> None:
+    """Predict expression for a section's spots, or tile an H&E-only slide (--image)."""
+    from stfusion.io import read_h5ad, write_h5ad
+    from stfusion.models.api import load_model
+
+    model = load_model(model_dir)
+    if image is not None:
+        if microns_per_pixel is None:
+            raise typer.BadParameter("--image needs --microns-per-pixel (the slide's scale).")
+        if not hasattr(model, "predict_image"):
+            raise typer.BadParameter(f"{type(model).__name__} cannot predict from an image alone.")
+        pred = model.predict_image(image, microns_per_pixel)
+    elif section is not None:
+        pred = model.predict(read_h5ad(section))
+    else:
+        raise typer.BadParameter("Give a section .h5ad or --image SLIDE.")
+    write_h5ad(pred, out)
+    logging.getLogger("stfusion").info(f"wrote {out} ({pred.n_obs} x {pred.n_vars})")
+
+
 # ----------------------------------------------------------------------------- evaluation
 @app.command("evaluate")
 def evaluate_cmd(

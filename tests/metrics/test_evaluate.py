@@ -56,7 +56,14 @@ def test_partial_overlap_warns_and_scores_shared(caplog):
     part = pred[5:, 1:].copy()
     with caplog.at_level(logging.WARNING, logger="stfusion"):
         df = evaluate(part, truth, metrics="pearson")
-    assert "25 of 30 truth spots" in caplog.text and "4 of 5 truth genes" in caplog.text
+    assert "25 of 30 truth spots" in caplog.text
+    assert "genes" not in caplog.text  # truth holding more genes than predicted is normal
+    extra = pred.copy()
+    extra.var_names = ["G0", "G1", "G2", "G3", "NEW"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stfusion"):
+        evaluate(extra, truth, metrics="pearson")
+    assert "4 of 5 predicted genes" in caplog.text  # predicted genes the truth lacks: warned
     assert df["gene"].tolist() == ["G1", "G2", "G3", "G4"]
     spots, genes = aligned_names(part[::-1].copy(), truth)
     assert list(spots) == [f"spot{i}" for i in range(5, 30)] and list(genes) == ["G1", "G2", "G3", "G4"]

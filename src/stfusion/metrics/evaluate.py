@@ -55,11 +55,11 @@ def _check_unique(index: pd.Index, what: str, side: str) -> None:
         )
 
 
-def _overlap(truth_idx: pd.Index, pred_idx: pd.Index, what: str) -> pd.Index:
+def _overlap(truth_idx: pd.Index, pred_idx: pd.Index, what: str, *, truth_may_have_more: bool = False) -> pd.Index:
     _check_unique(truth_idx, what, "truth")
     _check_unique(pred_idx, what, "pred")
     common = truth_idx[truth_idx.isin(pred_idx)]
-    if len(common) < len(truth_idx) or len(common) < len(pred_idx):
+    if (len(common) < len(truth_idx) and not truth_may_have_more) or len(common) < len(pred_idx):
         log.warning(
             "evaluate: %d of %d truth %ss and %d of %d predicted %ss match by name; scoring only those",
             len(common), len(truth_idx), what, len(common), len(pred_idx), what,
@@ -83,11 +83,13 @@ def _refuse(spots: pd.Index, genes: pd.Index, pred: ad.AnnData, truth: ad.AnnDat
 def aligned_names(pred: ad.AnnData, truth: ad.AnnData) -> tuple[pd.Index, pd.Index]:
     """Spot and gene names shared by ``pred`` and ``truth``, in truth's order.
 
-    Logs a warning when only part overlaps; raises :class:`AlignmentError` (with the counts
+    Logs a warning when only part overlaps (except truth genes the prediction does not
+    cover: a measured section holds every gene); raises :class:`AlignmentError` (with the counts
     on each side and example names) when no spot or no gene is shared, or names repeat.
     """
     spots = _overlap(truth.obs_names, pred.obs_names, "spot")
-    genes = _overlap(truth.var_names, pred.var_names, "gene")
+    # a measured section holds every gene, a prediction the model's genes: no warning for that
+    genes = _overlap(truth.var_names, pred.var_names, "gene", truth_may_have_more=True)
     _refuse(spots, genes, pred, truth)
     return spots, genes
 

@@ -323,7 +323,8 @@ def _normalise_keys(
     own = set(model.state_dict())
     head = model.head_name + "."
     report.ignored_head = sorted(k for k in renamed if k.startswith(head) and k not in own)
-    kept = {k: v for k, v in renamed.items() if k not in set(report.ignored_head)}
+    ignored = set(report.ignored_head)
+    kept = {k: v for k, v in renamed.items() if k not in ignored}
     return kept, report
 
 
@@ -338,7 +339,7 @@ def _check_keys(
 ) -> None:
     missing = [k for k in expected if k not in state]
     report.filled_buffers = [k for k in missing if k.endswith("num_batches_tracked")]
-    report.missing = [k for k in missing if k not in set(report.filled_buffers)]
+    report.missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     report.unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Circle  # noqa: E402
+from matplotlib.patches import Circle, Rectangle  # noqa: E402
 
 from stfusion import _constants as K  # noqa: E402
 from stfusion.data.section import microns_per_pixel, spatial_info  # noqa: E402
@@ -57,6 +57,14 @@ def _scale_bar(ax, image_width_px: float, um_per_display_px: float) -> None:
     ax.text(x0 + length_px / 2, y0 * 0.985, label, ha="center", va="bottom", fontsize=8)
 
 
+def _spot_patches(section: ad.AnnData, xy: np.ndarray, radius: float, scalef: float) -> list:
+    """Circles at the spot diameter, or the measurement rectangles when the section stores them."""
+    if K.AREA_BBOX in section.obsm:
+        boxes = np.asarray(section.obsm[K.AREA_BBOX], dtype=float) * scalef
+        return [Rectangle((x0, y0), x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes]
+    return [Circle((x, y), radius) for x, y in xy]
+
+
 def spot_overlay(
     section: ad.AnnData,
     gene: str | None = None,
@@ -79,7 +87,7 @@ def spot_overlay(
     else:
         fig = ax.figure
     ax.imshow(img)
-    circles = PatchCollection([Circle((x, y), radius) for x, y in xy], cmap=cmap, alpha=alpha, linewidths=0)
+    circles = PatchCollection(_spot_patches(section, xy, radius, scalef), cmap=cmap, alpha=alpha, linewidths=0)
     circles.set_array(values)
     ax.add_collection(circles)
     fig.colorbar(circles, ax=ax, fraction=0.046, pad=0.04, label=label)

@@ -1,17 +1,23 @@
 """The one shared training loop (Lightning) every neural method trains through."""
 
 from stfusion.train.loop import (
-    EpochShuffleSampler,
     FitResult,
     TrainModule,
     batch_size_of,
     fit,
-    make_loader,
     make_optimizer_factory,
     predict_batches,
     quiet_lightning,
 )
-from stfusion.train.seed import make_generator, seed_everything, worker_init_fn
+from stfusion.train.seed import (
+    EpochShuffleSampler,
+    get_rng_states,
+    make_generator,
+    make_loader,
+    seed_everything,
+    set_rng_states,
+    worker_init_fn,
+)
 
 __all__ = [
     "EpochShuffleSampler",
@@ -19,11 +25,13 @@ __all__ = [
     "TrainModule",
     "batch_size_of",
     "fit",
+    "get_rng_states",
     "make_generator",
     "make_loader",
     "make_optimizer_factory",
     "predict_batches",
     "quiet_lightning",
     "seed_everything",
+    "set_rng_states",
     "worker_init_fn",
 ]

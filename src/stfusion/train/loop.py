@@ -28,9 +28,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from stfusion.train.seed import make_generator, seed_everything, worker_init_fn
+from stfusion.train.seed import get_rng_states, make_loader, seed_everything, set_rng_states
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -44,7 +44,8 @@ _NOISY_WARNINGS = (
     r".*exists and is not empty.*",
     r".*smaller than the logging interval.*",
     r".*Tensor Cores.*",
-    r".*treespec, LeafSpec.*",  # torch 2.13 deprecation hit inside Lightning 2.6
+    r".*treespec, LeafSpec.*",
+    r".*`validation_step` but have no `val_dataloader`.*",  # torch 2.13 deprecation hit inside Lightning 2.6
 )
 
 
@@ -175,7 +176,7 @@ class _Recorder(Callback):
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_val_loss,
             "best_state": self.best_state,
-            "rng": _get_rng_states(),
+            "rng": get_rng_states(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -183,7 +184,7 @@ class _Recorder(Callback):
         self.best_epoch = state_dict["best_epoch"]
         self.best_val_loss = state_dict["best_val_loss"]
         self.best_state = state_dict["best_state"]
-        _set_rng_states(state_dict["rng"])
+        set_rng_states(state_dict["rng"])
 
 
 def _epoch_row(trainer: L.Trainer) -> dict[str, Any]:
@@ -195,84 +196,6 @@ def _epoch_row(trainer: L.Trainer) -> dict[str, Any]:
     }
     row.update(sorted(metrics.items()))
     return row
-
-
-def _get_rng_states() -> dict[str, Any]:
-    import random
-
-    np_state = np.random.get_state()
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: Mapping[str, Any]) -> None:
-    import random
-
-    random.setstate(states["python"])
-    name, key, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-# ---------------------------------------------------------------- data
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Random order determined by (seed, epoch) alone, so a resumed run shuffles exactly
-    like an uninterrupted one. Lightning calls :meth:`set_epoch` before every epoch.
-
-    ``set_epoch`` reseeds ``generator``, which the DataLoader also uses for worker seeds.
-    """
-
-    def __init__(self, n: int, seed: int, generator: torch.Generator) -> None:
-        self.n, self.seed, self.generator = int(n), int(seed), generator
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        mixed = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(1)[0]
-        self.generator.manual_seed(int(mixed))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.n, generator=self.generator).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def make_loader(
-    data: Dataset | DataLoader,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    collate_fn: Callable | None = None,
-    num_workers: int = 0,
-) -> DataLoader:
-    """A seeded DataLoader for ``data`` (returned unchanged when it already is one)."""
-    if isinstance(data, DataLoader):
-        return data
-    gen = make_generator(seed)
-    sampler = None
-    if shuffle and not isinstance(data, IterableDataset):
-        sampler = EpochShuffleSampler(len(data), seed, gen)  # type: ignore[arg-type]
-    return DataLoader(
-        data,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn,
-        num_workers=num_workers,
-        generator=gen,
-        worker_init_fn=worker_init_fn if num_workers > 0 else None,
-        persistent_workers=num_workers > 0,
-    )
 
 
 # ---------------------------------------------------------------- fit
@@ -425,7 +348,7 @@ def fit(
             log_every_n_steps=log_every_n_steps,
             **dict(trainer_kwargs or {}),
         )
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=False)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     return _finish(net, recorder, stopper, ckpt, restore_best, epochs, time.perf_counter() - start)
 
 
