@@ -120,3 +120,24 @@ def test_constant_prediction_scores_zero_not_nan():
     assert table[("a", "pearson")] == 0 and table[("b", "pearson")] == 0
     assert np.isnan(table[("c", "pearson")])
     assert table[("a", "pvalue")] == 1.0
+
+
+def test_leave_one_patient_out_groups_sections():
+    import anndata as ad
+    import numpy as np
+
+    from stfusion.benchmark.protocols import leave_one_patient_out
+
+    def sec(sid, patient):
+        a = ad.AnnData(np.ones((2, 2)))
+        a.uns["stfusion"] = {"section_id": sid, "patient": patient}
+        return a
+
+    sections = [sec("B1", "B"), sec("C1", "C"), sec("C2", "C"), sec("D1", "D")]
+    folds = list(leave_one_patient_out(sections))
+    assert [f.name for f in folds] == ["B:B1", "C:C1", "C:C2", "D:D1"]
+    c1 = folds[1]
+    assert sorted(s.uns["stfusion"]["section_id"] for s in c1.train) == ["B1", "D1"]
+    sections[0].uns["stfusion"].pop("patient")
+    with pytest.raises(Exception, match="no patient"):
+        list(leave_one_patient_out(sections))

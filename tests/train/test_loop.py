@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from stfusion.train import FitResult, fit, predict_batches, seed_everything
+from stfusion.train import EpochShuffleSampler, FitResult, fit, make_loader, predict_batches, seed_everything
 
 N_IN, N_OUT = 6, 3
 
@@ -136,9 +137,10 @@ def test_quiet_when_progress_false_and_nothing_written(capfd, tmp_path, monkeypa
     assert "Epoch 0" in out + err
 
 
-def test_max_time_budget_stops_training():
+def test_max_time_budget_stops_training_with_a_dataloader_given():
     train, _ = _data(n=400)
-    res = fit(_mlp(), _mse, train, epochs=10_000, batch_size=4, max_time_s=0.5, progress=False)
+    loader = DataLoader(train, batch_size=4, shuffle=True)
+    res = fit(_mlp(), _mse, loader, epochs=10_000, max_time_s=0.5, progress=False)
     assert res.timed_out and not res.stopped_early
     assert res.epochs_run < 10_000
     assert res.seconds < 30
@@ -186,3 +188,32 @@ def test_predict_batches_matches_direct_forward_and_keeps_mode():
     parts = predict_batches(net, train, batch_size=8, forward=lambda m, b: {"mean": m(b[0])})
     assert isinstance(parts, list) and len(parts) == 5
     assert torch.allclose(torch.cat([p["mean"] for p in parts]), direct, atol=1e-6)
+
+
+def test_epoch_shuffle_depends_on_seed_and_epoch_only():
+    a, b = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    first, second = list(a), list(a)  # without set_epoch each pass is the next epoch
+    assert sorted(first) == list(range(50)) and first != second
+    b.set_epoch(1)
+    assert list(b) == second
+    b.set_epoch(0)
+    assert list(b) == first
+    assert list(EpochShuffleSampler(50, seed=4)) != first
+
+
+class _NumpyNoise(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor(np.random.rand())
+
+
+def test_workers_get_distinct_reproducible_numpy_seeds():
+    def draw() -> list[float]:
+        loader = make_loader(_NumpyNoise(), batch_size=2, shuffle=False, seed=11, num_workers=2)
+        return torch.cat(list(loader)).tolist()
+
+    one, two = draw(), draw()
+    assert one == two
+    assert len(set(np.round(one, 12))) == len(one)  # workers do not repeat each other's numbers

@@ -11,6 +11,9 @@ from stfusion.errors import StfusionError
 
 # name -> "module:Class"
 REGISTRY: dict[str, str] = {
+    # methods
+    "stnet": "stfusion.models.stnet.model:STNet",
+    "spaim": "stfusion.models.spaim.model:SpaIM",
     # histology / spatial baselines
     "constant": "stfusion.baselines.interpolation:ConstantBaseline",
     "nearest_neighbour": "stfusion.baselines.interpolation:NearestNeighbourBaseline",

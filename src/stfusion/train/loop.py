@@ -44,8 +44,8 @@ _NOISY_WARNINGS = (
     r".*exists and is not empty.*",
     r".*smaller than the logging interval.*",
     r".*Tensor Cores.*",
-    r".*treespec, LeafSpec.*",
-    r".*`validation_step` but have no `val_dataloader`.*",  # torch 2.13 deprecation hit inside Lightning 2.6
+    r".*treespec, LeafSpec.*",  # torch 2.13 deprecation hit inside Lightning 2.6
+    r".*`validation_step` but have no `val_dataloader`.*",
 )
 
 
@@ -56,7 +56,8 @@ class FitResult:
     ``history`` has one dict per finished epoch (``epoch``, ``train_loss``, ``val_loss``
     — None without validation data — plus any extra terms the loss returned).
     ``best_epoch``/``best_val_loss`` are None without validation data. ``stopped_early``
-    is True when early stopping ended training; ``timed_out`` when ``max_time_s`` did.
+    is True when early stopping ended training; ``timed_out`` when ``max_time_s`` did
+    (the last history row may then cover a partial epoch).
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -349,7 +350,8 @@ def fit(
             **dict(trainer_kwargs or {}),
         )
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    return _finish(net, recorder, stopper, ckpt, restore_best, epochs, time.perf_counter() - start)
+    timed = max_time_s is not None
+    return _finish(net, recorder, stopper, ckpt, restore_best, epochs, timed, time.perf_counter() - start)
 
 
 def _finish(
@@ -359,6 +361,7 @@ def _finish(
     ckpt: ModelCheckpoint | None,
     restore_best: bool,
     epochs: int,
+    timed: bool,
     seconds: float,
 ) -> FitResult:
     if restore_best and recorder.best_state is not None:
@@ -369,7 +372,7 @@ def _finish(
         best_epoch=recorder.best_epoch,
         best_val_loss=recorder.best_val_loss,
         stopped_early=stopped,
-        timed_out=not stopped and len(recorder.history) < epochs,
+        timed_out=timed and not stopped and len(recorder.history) < epochs,
         seconds=seconds,
         best_checkpoint=(ckpt.best_model_path or None) if ckpt is not None else None,
     )

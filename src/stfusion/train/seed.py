@@ -24,8 +24,9 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
         Any integer in ``[0, 2**32 - 1]``.
     deterministic
         Also call ``torch.use_deterministic_algorithms(True, warn_only=True)``. This is a
-        process-wide switch (it stays on after the call) and is only needed on GPU: on CPU
-        every op stfusion uses is already deterministic. Off by default.
+        process-wide switch (it stays on after the call), mainly useful on GPU where some
+        kernels (e.g. scatter/index_add backward) are non-deterministic; common CPU ops
+        are deterministic already. Off by default.
     """
     from lightning import seed_everything as _l_seed
 
@@ -39,10 +40,10 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
 def worker_init_fn(worker_id: int) -> None:
     """``DataLoader(worker_init_fn=...)``: seed numpy and python in each worker process.
 
-    Torch already seeds every worker with ``base_seed + worker_id``, where ``base_seed`` is
-    drawn from the DataLoader's generator; numpy and ``random`` would otherwise start from
-    the same state in every worker (forked copies). This derives both from torch's seed, so
-    a seeded DataLoader generator makes augmentation in workers reproducible.
+    Torch seeds every worker with ``base_seed + worker_id`` (``base_seed`` drawn from the
+    DataLoader's generator). Recent torch also seeds numpy/``random`` there; this makes it
+    explicit and version-independent by deriving both from the worker's torch seed, so a
+    seeded DataLoader generator makes worker-side augmentation reproducible.
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
