@@ -266,6 +266,9 @@ def predict_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions .h5ad.")] = Path("predictions.h5ad"),
     image: Annotated[Optional[Path], typer.Option(help="H&E-only slide to predict instead of a section.")] = None,
     microns_per_pixel: MppOpt = None,
+    super_resolution: Annotated[
+        Optional[int], typer.Option("--super-resolution", help="Sub-patches per spot area (4, 9, 25) for models with super-resolution.")
+    ] = None,
 ) -> None:
     """Predict expression for a section's spots, or tile an H&E-only slide (--image)."""
     from stfusion.io import read_h5ad, write_h5ad
@@ -278,6 +281,10 @@ def predict_cmd(
         if not hasattr(model, "predict_image"):
             raise typer.BadParameter(f"{type(model).__name__} cannot predict from an image alone.")
         pred = model.predict_image(image, microns_per_pixel)
+    elif section is not None and super_resolution is not None:
+        if not getattr(model, "has_super_resolution", False):
+            raise typer.BadParameter(f"{type(model).__name__} has no super-resolution; drop --super-resolution.")
+        pred = model.predict_super_resolution(read_h5ad(section), super_resolution)
     elif section is not None:
         pred = model.predict(read_h5ad(section))
     else:

@@ -141,3 +141,13 @@ def test_leave_one_patient_out_groups_sections():
     sections[0].uns["stfusion"].pop("patient")
     with pytest.raises(Exception, match="no patient"):
         list(leave_one_patient_out(sections))
+
+
+def test_cell_tables_keep_text_that_looks_missing(tmp_path):
+    from stfusion.benchmark.report import read_cell_table
+
+    path = tmp_path / "c.csv"
+    path.write_text("gene,metric,value,permutation,kind\nNA,pearson,,0,null\nNULL,pearson,0.5,,model\n")
+    df = read_cell_table(path)
+    assert df.gene.tolist() == ["NA", "NULL"] and df.kind.tolist() == ["null", "model"]
+    assert df.value.isna().tolist() == [True, False] and df.permutation.isna().tolist() == [False, True]

@@ -26,11 +26,17 @@ HISTOLOGY_COLUMNS = {
 }
 
 
+def read_cell_table(path: Path) -> pd.DataFrame:
+    """A stored cell's rows. Text columns are never parsed as missing: pandas would read the
+    kind ``null`` or a gene named ``NA`` as NaN; only empty numeric fields are missing."""
+    return pd.read_csv(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"], "permutation": [""]})
+
+
 def load_cells(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All per-gene rows and one timing row per cell."""
     rows, timings = [], []
     for csv in sorted((run_dir / "cells").rglob("*.csv")):
-        df = pd.read_csv(csv)
+        df = read_cell_table(csv)
         rows.append(df)
         t = json.loads(csv.with_suffix(".json").read_text())
         first = df.iloc[0]
@@ -123,11 +129,20 @@ def boxplots(genes: pd.DataFrame, run_dir: Path) -> list[Path]:
     return paths
 
 
+def _cell(v, floatfmt: str) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "—" if np.isnan(v) else format(v, floatfmt)
+    return str(v)
+
+
+COARSE = ("BH-sig", "seconds", "RSS", "rss")  # counts averaged over folds, times, memory: one decimal
+
+
 def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, (float, np.floating)) and not np.isnan(v) else ("—" if isinstance(v, float) else str(v)) for v in row]
+        cells = [_cell(v, ".1f" if any(c in col for c in COARSE) else floatfmt) for col, v in zip(cols, row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     # methods
     "stnet": "stfusion.models.stnet.model:STNet",
     "spaim": "stfusion.models.spaim.model:SpaIM",
+    "histogene": "stfusion.models.histogene.model:HisToGene",
     # histology / spatial baselines
     "constant": "stfusion.baselines.interpolation:ConstantBaseline",
     "nearest_neighbour": "stfusion.baselines.interpolation:NearestNeighbourBaseline",

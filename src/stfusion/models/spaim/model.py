@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import sparse
+from torch.utils.data import TensorDataset
 
 from stfusion import _constants as K
 from stfusion.errors import CountsError, StfusionError
@@ -48,7 +49,7 @@ __all__ = ["FAST", "SpaIM", "UnimputableGenesError", "cluster_means", "log1p_exp
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
 DEFAULT_KMEANS_K = 10
-FAST: dict[str, Any] = {"epochs": 80, "hidden": (256, 128)}
+FAST: dict[str, Any] = {"epochs": 100, "batch_size": 32, "hidden": (256, 128)}
 
 
 class UnimputableGenesError(StfusionError, ValueError):
@@ -131,9 +132,15 @@ def _obs_hash(names: Sequence[str]) -> str:
 
 
 def _device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; other names as torch spells them."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _accelerator(name: str) -> str:
+    """Lightning's accelerator name for a torch device name."""
+    return "gpu" if _device(name).type == "cuda" else _device(name).type
 
 
 # --------------------------------------------------------------------------- model
@@ -146,7 +153,9 @@ class SpaIM:
     Parameters
     ----------
     epochs, batch_size, lr
-        Adam training (reference code: 300 epochs, 500 genes per batch, lr 1e-3, betas 0.9/0.999).
+        Adam training with :func:`stfusion.train.loop.fit` (reference code: 300 epochs,
+        500 genes per batch, lr 1e-3, betas 0.9/0.999). Few genes mean few steps per epoch:
+        on small panels use a smaller ``batch_size`` with fewer epochs (see :data:`FAST`).
     hidden
         ``(h1, h2)`` widths at the two ReST depths (512, 256).
     dropout, augment_copies
@@ -159,7 +168,7 @@ class SpaIM:
     seed, device
         Seed of weights, shuffling and masks; ``"cpu"``, ``"cuda"`` or ``"auto"``.
     progress
-        Show a rich progress bar while training.
+        Show the training loop's progress bar.
     """
 
     name: ClassVar[str] = "spaim"
@@ -245,31 +254,26 @@ class SpaIM:
             return SpaIMNet(n_clusters, n_cells, tuple(self.hyperparams["hidden"]))
 
     def _train(self, x: np.ndarray, y: np.ndarray) -> None:
-        hp = self.hyperparams
-        device = _device(hp["device"])
-        net = self._build(x.shape[1], y.shape[1]).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=(0.9, 0.999))
-        rng = np.random.default_rng(hp["seed"])
-        masks = torch.Generator().manual_seed(hp["seed"])
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        self.history_ = []
-        net.train()
-        with _progress(self.progress, hp["epochs"]) as advance:
-            for _ in range(hp["epochs"]):
-                parts = [self._step(net, opt, xt[i], yt[i], masks) for i in _batches(rng, len(x), hp["batch_size"])]
-                self.history_.append({k: float(np.mean([p[k] for p in parts])) for k in parts[0]})
-                advance(self.history_[-1]["loss"])
-        self.net_ = net.eval()
+        """Adam on batches of genes with :func:`stfusion.train.loop.fit` (seeded, reproducible)."""
+        from stfusion.train.loop import fit as train_loop
 
-    def _step(self, net, opt, content, target, masks) -> dict[str, float]:
         hp = self.hyperparams
-        if hp["dropout"] > 0 and hp["augment_copies"] > 0:
-            content, target = _augment(content, target, hp["augment_copies"], hp["dropout"], masks)
-        loss, parts = spaim_loss(net(content, target), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return parts
+        net = self._build(x.shape[1], y.shape[1])
+        masks = torch.Generator().manual_seed(hp["seed"])
+
+        def loss_fn(net: SpaIMNet, batch) -> dict[str, torch.Tensor]:
+            content, target = batch
+            if hp["dropout"] > 0 and hp["augment_copies"] > 0:
+                content, target = _augment(content, target, hp["augment_copies"], hp["dropout"], masks)
+            total, parts = spaim_loss(net(content, target), target)
+            return {"loss": total, **parts}
+
+        data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        result = train_loop(net, loss_fn, data, optimizer="adam", lr=hp["lr"], epochs=hp["epochs"],
+                            batch_size=hp["batch_size"], seed=hp["seed"], progress=self.progress,
+                            accelerator=_accelerator(hp["device"]))  # fmt: skip
+        self.history_ = result.history
+        self.net_ = net.to(_device(hp["device"])).eval()
 
     # -- prediction
     def _check_fitted(self) -> SpaIMNet:
@@ -372,39 +376,8 @@ class SpaIM:
 
 
 # --------------------------------------------------------------------------- training helpers
-def _batches(rng: np.random.Generator, n: int, size: int) -> list[np.ndarray]:
-    perm = rng.permutation(n)
-    return [perm[i : i + size] for i in range(0, n, size)]
-
-
 def _augment(content: torch.Tensor, target: torch.Tensor, copies: int, frac: float, gen: torch.Generator):
     """The reference code's augmentation: ``copies`` extra content copies with a fraction zeroed."""
     keep = torch.rand((copies, *content.shape), generator=gen) >= frac
     extra = content.unsqueeze(0) * keep.to(content.device, content.dtype)
     return torch.cat([content, extra.reshape(-1, content.shape[1])]), target.repeat(copies + 1, 1)
-
-
-class _progress:
-    """Context manager yielding ``advance(loss)``; a rich bar when ``show``, else a no-op."""
-
-    def __init__(self, show: bool, total: int) -> None:
-        self.show, self.total, self.bar = show, total, None
-
-    def __enter__(self):
-        if not self.show:
-            return lambda loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("SpaIM"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                            TimeRemainingColumn(), transient=True)  # fmt: skip
-        self.bar.start()
-        task = self.bar.add_task("train", total=self.total, loss="-")
-
-        def advance(loss: float) -> None:
-            self.bar.update(task, advance=1, loss=f"{loss:.4f}")
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

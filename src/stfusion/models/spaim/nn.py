@@ -86,13 +86,14 @@ def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
     return feat @ feat.T / (b * d)
 
 
-def spaim_loss(out: dict[str, torch.Tensor], spatial: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def spaim_loss(out: dict[str, torch.Tensor], spatial: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Content MSE + Gram style MSE + cosine reconstruction losses, at both depths.
 
     As the reference implementation: content MSE between ST and reference content (gradients
     to both), style MSE between the Gram matrices of the generator's style and the
     autoencoder's style (the latter detached, the target), ``1 - cos(real, fake)`` for the
     generator and ``1 - cos(real, spatial)`` for the autoencoder, cosine over cells per gene.
+    Returns the total and its detached terms.
     """
     content = sum(F.mse_loss(out[f"st_content{d}"], out[f"sc_content{d}"]) for d in (1, 2))
     style = sum(
@@ -100,7 +101,5 @@ def spaim_loss(out: dict[str, torch.Tensor], spatial: torch.Tensor) -> tuple[tor
     )
     gen = 1.0 - F.cosine_similarity(out["real"], out["fake"], dim=1).mean()
     auto = 1.0 - F.cosine_similarity(out["real"], spatial, dim=1).mean()
-    total = content + style + gen + auto
-    parts = {"loss": total.item(), "content": content.item(), "style": style.item(), "cos_gen": gen.item(),
-             "cos_auto": auto.item()}  # fmt: skip
-    return total, parts
+    parts = {"content": content, "style": style, "cos_gen": gen, "cos_auto": auto}
+    return content + style + gen + auto, {k: v.detach() for k, v in parts.items()}

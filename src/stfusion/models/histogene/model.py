@@ -1,0 +1,412 @@
+"""HisToGene (Pang et al., 2021): a vision transformer over all spots of a section.
+
+Each spot's patch (default: the spot's physical diameter, 100 µm on legacy ST = the
+paper's 112 px) is resampled to ``patch_px`` pixels, flattened and linearly embedded; its
+grid column and row (:mod:`.positions`) are embedded and added; transformer blocks
+(:mod:`.nn`) attend over all spots of the section; a linear head predicts the genes.
+One section per optimisation step (``batch_size`` sections, padded and masked).
+
+Choices (documented differences from the reference code):
+
+- Pixels are scaled to 0–1 and standardised per RGB channel with the training patches'
+  mean and std (stored in the model card); the reference code feeds raw 0–255 values.
+- Training target ``normalization``: ``"paper"`` (default) ``ln(1 + counts / T × 1e6)``
+  with ``T`` the spot total over *all* genes, as the paper describes; ``"reference"``
+  ``log10(1 + 1e4 × counts / T_sel)`` with ``T_sel`` the total over the selected genes, as
+  the released code. Predictions are returned on the evaluation scale
+  ``log1p(counts / T × 1e4)``: exactly ``log1p(expm1(p) / 100)`` for "paper"; for
+  "reference" ``log1p((10^p - 1) × f)`` with ``f`` the training median of ``T_sel / T``.
+- Positions share one scale for spots and super-resolution patches and are clipped to the
+  table (the reference code can index past it); ``grid_size`` 64 as the reference code
+  (the paper says m = 30).
+- The ``fast`` preset (CPU-sized): D=128, 2 layers, 4 heads, 32 px patches, Adam lr 5e-4
+  (a small net at lr 1e-5 barely moves in the epochs a CPU allows) and random flips/90°
+  rotations of each patch (``augment``); the ``paper`` preset is the published setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import torch
+
+from stfusion.data.genes import as_section_list, shared_genes
+from stfusion.data.normalize import histogene_normalize, row_totals
+from stfusion.data.patches import read_patches
+from stfusion.data.section import microns_per_pixel, spot_coords, spot_diameter_px
+from stfusion.models.base import Model, prediction_adata
+from stfusion.models.histogene import positions as P
+from stfusion.models.histogene import superres as SR
+from stfusion.models.histogene.nn import HisToGeneNet, masked_mse
+
+WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "model.json"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"dim": 1024, "depth": 8, "heads": 16, "dropout": 0.1, "patch_px": 112, "lr": 1e-5, "epochs": 100,
+              "augment": False, "scale_targets": False, "smooth_targets": 0.0},
+    "fast": {"dim": 128, "depth": 2, "heads": 4, "dropout": 0.3, "patch_px": 16, "lr": 1e-3, "epochs": 60,
+             "augment": True, "scale_targets": True, "smooth_targets": 0.5},
+}
+
+
+def collate_sections(items: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Pad sections to the longest: (patches (B,N,P), pos (B,N,2), mask (B,N), targets (B,N,G))."""
+    n = max(it[0].shape[0] for it in items)
+    out = []
+    for j in range(len(items[0])):
+        first = items[0][j]
+        buf = first.new_zeros((len(items), n, *first.shape[1:]))
+        for b, it in enumerate(items):
+            buf[b, : it[j].shape[0]] = it[j]
+        out.append(buf)
+    mask = torch.zeros(len(items), n, dtype=torch.bool)
+    for b, it in enumerate(items):
+        mask[b, : it[0].shape[0]] = True
+    return (out[0], out[1], mask, *out[2:])
+
+
+def dihedral_variants(patches: np.ndarray) -> np.ndarray:
+    """The 8 flips/90° rotations of each (px, px, 3) patch, flattened: (n, 8, 3 px²)."""
+    out = []
+    for c in range(8):
+        v = np.rot90(patches, c % 4, axes=(1, 2))
+        out.append((v[:, :, ::-1] if c >= 4 else v).reshape(len(patches), -1))
+    return np.ascontiguousarray(np.stack(out, axis=1))
+
+
+def pick_variant(patches: torch.Tensor, random: bool) -> torch.Tensor:
+    """(B, N, V, P) -> (B, N, P): variant 0, or one drawn at random per token."""
+    if not random or patches.shape[2] == 1:
+        return patches[:, :, 0]
+    b, n, v, _ = patches.shape
+    choice = torch.randint(0, v, (b, n))
+    return patches[torch.arange(b)[:, None], torch.arange(n)[None, :], choice]
+
+
+def smooth_neighbours(y: np.ndarray, pos: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * y + weight * mean of the grid neighbours`` (spots within 1.5 grid units)."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(pos).query_pairs(1.5, output_type="ndarray")
+    total, count = np.zeros_like(y, dtype=np.float64), np.zeros(len(y))
+    for a, b in ((0, 1), (1, 0)):
+        np.add.at(total, pairs[:, a], y[pairs[:, b]])
+        np.add.at(count, pairs[:, a], 1)
+    neigh = np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], y)
+    return ((1 - weight) * y + weight * neigh).astype(np.float32)
+
+
+class HisToGene(Model):
+    """HisToGene: vision transformer over a section's spot patches, with super-resolution.
+
+    Parameters
+    ----------
+    preset
+        ``"paper"`` (D=1024, 8 layers, 16 heads, 112 px, lr 1e-5, 100 epochs) or ``"fast"``.
+    dim, depth, heads, dropout, patch_px, lr, epochs, augment
+        Override the preset.
+    patch_um
+        Patch side in µm (default: the training sections' spot diameter).
+    grid_size
+        Entries of each position table.
+    normalization
+        ``"paper"`` or ``"reference"`` (see module docstring).
+    use_array
+        Take positions from ``array_col``/``array_row`` when present (else pixel binning).
+    aggregate_superres, superres_factor
+        HisToGene*: ``predict`` sums the super-resolved sub-patches of each spot.
+    """
+
+    name: ClassVar[str] = "histogene"
+    description: ClassVar[str] = "Vision transformer over all spot patches of a section (Pang et al. 2021); super-resolution"
+    input_kind: ClassVar[str] = "histology"
+    has_super_resolution: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        preset: str = "paper",
+        *,
+        dim: int | None = None,
+        depth: int | None = None,
+        heads: int | None = None,
+        dropout: float | None = None,
+        patch_px: int | None = None,
+        lr: float | None = None,
+        epochs: int | None = None,
+        augment: bool | None = None,
+        patch_um: float | None = None,
+        grid_size: int = 64,
+        normalization: str = "reference",
+        scale_targets: bool | None = None,
+        batch_size: int = 1,
+        weight_decay: float = 0.0,
+        use_array: bool = True,
+        use_positions: bool = True,
+        smooth_targets: float | None = None,
+        smooth_predictions: float = 0.0,
+        tta: bool = False,
+        aggregate_superres: bool = False,
+        superres_factor: int = 4,
+        seed: int = 0,
+        max_time_s: float | None = None,
+        progress: bool = False,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(PRESETS)}.")
+        if normalization not in ("paper", "reference"):
+            raise ValueError(f"normalization must be 'paper' or 'reference', got {normalization!r}.")
+        SR.factor_to_k(superres_factor)
+        given = {"dim": dim, "depth": depth, "heads": heads, "dropout": dropout, "patch_px": patch_px,
+                 "lr": lr, "epochs": epochs, "augment": augment, "scale_targets": scale_targets,
+                 "smooth_targets": smooth_targets}
+        hp = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        hp.update(preset=preset, patch_um=patch_um, grid_size=int(grid_size), normalization=normalization,
+                  batch_size=int(batch_size), weight_decay=float(weight_decay), use_array=bool(use_array),
+                  use_positions=bool(use_positions),
+                  smooth_predictions=float(smooth_predictions), tta=bool(tta),
+                  aggregate_superres=bool(aggregate_superres), superres_factor=int(superres_factor), seed=int(seed))
+        super().__init__(**hp)
+        self.max_time_s, self.progress = max_time_s, progress
+        self.net_: HisToGeneNet | None = None
+        self.state_: dict[str, Any] = {}
+        self.history_: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ tokens
+    def _patches(self, section: ad.AnnData, centres: np.ndarray) -> torch.Tensor:
+        """Normalised, flattened patches at ``centres`` (pixels), (n, 3 px²) float32."""
+        st, hp = self.state_, self.hyperparams
+        raw = read_patches(section, centres, st["patch_um"], hp["patch_px"]).astype(np.float32) / 255.0
+        raw = (raw - np.asarray(st["pixel_mean"], np.float32)) / np.asarray(st["pixel_std"], np.float32)
+        return torch.from_numpy(raw.reshape(len(centres), -1))
+
+    def _grid(self, section: ad.AnnData) -> np.ndarray:
+        """Spot grid coordinates (array, or pixels binned to the training pitch), not clipped."""
+        return P.spot_grid(section, self.state_["pitch_um"], use_array=self.hyperparams["use_array"])
+
+    def _positions(self, section: ad.AnnData) -> np.ndarray:
+        """Position-table indices of the spots (zeros when ``use_positions`` is off)."""
+        hp = self.hyperparams
+        if not hp["use_positions"]:
+            return np.zeros((section.n_obs, 2), dtype=np.int64)
+        pos, _ = P.section_positions(section, self.state_["pitch_um"], hp["grid_size"], use_array=hp["use_array"])
+        return pos
+
+    def _target(self, section: ad.AnnData) -> np.ndarray:
+        counts = section[:, self.genes_].X
+        if self.hyperparams["normalization"] == "paper":
+            return histogene_normalize(counts, "paper", totals=row_totals(section.X))
+        return histogene_normalize(counts, "reference")
+
+    def _fit_targets(self, sections: list[ad.AnnData]) -> list[np.ndarray]:
+        """Training targets; z-scored per gene (training mean/std, kept) when ``scale_targets``."""
+        targets = [self._target(s) for s in sections]
+        if self.hyperparams["smooth_targets"] > 0:
+            targets = [smooth_neighbours(t, self._grid(s), self.hyperparams["smooth_targets"])
+                       for t, s in zip(targets, sections, strict=True)]
+        if self.hyperparams["scale_targets"]:
+            y = np.concatenate(targets)
+            mu, sd = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
+            self.state_.update(target_mean=mu.tolist(), target_std=sd.tolist())
+            targets = [((t - mu) / sd).astype(np.float32) for t in targets]
+        return targets
+
+    def to_eval_scale(self, pred: np.ndarray) -> np.ndarray:
+        """Network outputs -> log1p(counts / spot total × 1e4) (see module docstring)."""
+        pred = np.asarray(pred, dtype=np.float64)
+        if self.hyperparams["scale_targets"]:
+            pred = pred * np.asarray(self.state_["target_std"]) + np.asarray(self.state_["target_mean"])
+        if self.hyperparams["normalization"] == "paper":
+            lin = np.expm1(np.clip(pred, 0, None)) / 100.0
+        else:
+            lin = (np.power(10.0, np.clip(pred, 0, None)) - 1.0) * self.state_["selected_fraction"]
+        return np.log1p(lin).astype(np.float32)
+
+    # ------------------------------------------------------------------ fit
+    def _setup_state(self, sections: list[ad.AnnData]) -> None:
+        hp = self.hyperparams
+        patch_um = hp["patch_um"] or float(np.median([spot_diameter_px(s) * microns_per_pixel(s) for s in sections]))
+        self.state_ = {"patch_um": float(patch_um), "pitch_um": P.training_pitch_um(sections),
+                       "pixel_mean": [0.0, 0.0, 0.0], "pixel_std": [1.0, 1.0, 1.0],
+                       "training_sections": [s.uns.get("stfusion", {}).get("section_id", f"section{i}") for i, s in enumerate(sections)]}
+        fractions = [row_totals(s[:, self.genes_].X) / np.maximum(row_totals(s.X), 1) for s in sections]
+        self.state_["selected_fraction"] = float(np.median(np.concatenate(fractions)))
+
+    def _build_net(self) -> HisToGeneNet:
+        hp = self.hyperparams
+        return HisToGeneNet(3 * hp["patch_px"] ** 2, len(self.genes_), dim=hp["dim"], depth=hp["depth"],
+                            heads=hp["heads"], dropout=hp["dropout"], grid_size=hp["grid_size"])
+
+    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> HisToGene:
+        from stfusion.train.loop import fit as train
+        from stfusion.train.seed import seed_everything
+
+        sections = as_section_list(train_sections)
+        hp = self.hyperparams
+        self.genes_ = list(genes) if genes is not None else shared_genes(sections)
+        self._setup_state(sections)
+        raw = [read_patches(s, spot_coords(s), self.state_["patch_um"], hp["patch_px"]).astype(np.float32) / 255.0 for s in sections]
+        pix = np.concatenate([r.reshape(-1, 3) for r in raw])
+        self.state_["pixel_mean"] = pix.mean(axis=0).tolist()
+        self.state_["pixel_std"] = np.maximum(pix.std(axis=0), 1e-3).tolist()
+        del pix
+        mean, std = (np.asarray(self.state_[k], np.float32) for k in ("pixel_mean", "pixel_std"))
+        targets = self._fit_targets(sections)
+        data = []
+        for s, r, y in zip(sections, raw, targets, strict=True):
+            x = (r - mean) / std
+            x = dihedral_variants(x) if hp["augment"] else x.reshape(len(x), 1, -1)
+            data.append((torch.from_numpy(x), torch.from_numpy(self._positions(s)), torch.from_numpy(y)))
+        seed_everything(hp["seed"])
+        self.net_ = self._build_net()
+        result = train(self.net_, self._loss_fn(), data, optimizer="adam", lr=hp["lr"], weight_decay=hp["weight_decay"],
+                       epochs=hp["epochs"], batch_size=hp["batch_size"], collate_fn=collate_sections, seed=hp["seed"],
+                       progress=self.progress, max_time_s=self.max_time_s)
+        self.history_ = result.history
+        self.net_.eval()
+        return self
+
+    def _loss_fn(self):
+        augment = self.hyperparams["augment"]
+
+        def loss_fn(net: HisToGeneNet, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            patches, pos, mask, y = batch
+            return masked_mse(net(pick_variant(patches, augment and net.training), pos, mask), y, mask)
+
+        return loss_fn
+
+    # ------------------------------------------------------------------ predict
+    def _run(self, patches: torch.Tensor, pos: np.ndarray) -> np.ndarray:
+        """Network outputs for one sequence of tokens (mean over the 8 flips/rotations when ``tta``)."""
+        net = self._net()
+        pos_t = torch.as_tensor(pos, dtype=torch.long)[None]
+        if self.hyperparams["tta"]:
+            px = self.hyperparams["patch_px"]
+            variants = dihedral_variants(patches.numpy().reshape(len(patches), px, px, 3))
+            views = [torch.from_numpy(variants[:, v]) for v in range(variants.shape[1])]
+        else:
+            views = [patches]
+        with torch.no_grad():
+            outs = [net(v[None], pos_t)[0] for v in views]
+        return torch.stack(outs).mean(dim=0).numpy()
+
+    def _net(self) -> HisToGeneNet:
+        self._check_fitted()
+        self.net_.eval()
+        return self.net_
+
+    def predict(self, section: ad.AnnData) -> ad.AnnData:
+        """Predicted log1p(counts / total × 1e4) for the section's spots (HisToGene* when ``aggregate_superres``)."""
+        genes = self._check_fitted()
+        if self.hyperparams["aggregate_superres"]:
+            values = self.aggregate_superres(section, self.hyperparams["superres_factor"])
+            return prediction_adata(section, values, genes, method="histogene_star")
+        pos = self._positions(section)
+        pred = self._run(self._patches(section, spot_coords(section)), pos)
+        if self.hyperparams["smooth_predictions"] > 0:
+            pred = smooth_neighbours(pred, self._grid(section), self.hyperparams["smooth_predictions"])
+        return prediction_adata(section, self.to_eval_scale(pred), genes, method=self.name)
+
+    def _dense(self, section: ad.AnnData, factor: int):
+        """Dense grid, sub-patch (ab, log1p values, cover) for the section."""
+        hp = self.hyperparams
+        side_px = self.state_["patch_um"] / microns_per_pixel(section)
+        grid = SR.dense_grid(spot_coords(section), side_px, factor)
+        spot_grid = P.spot_grid(section, self.state_["pitch_um"], use_array=hp["use_array"])
+        origin = np.floor(spot_grid.min(axis=0) + 0.5)
+        mapper = P.grid_mapper(section, self.state_["pitch_um"], use_array=hp["use_array"])
+        centres = grid.patch_centres
+        pos = P.to_table(mapper(centres), origin, hp["grid_size"], what="super-resolution patches", tolerance=1)
+        pos = pos if hp["use_positions"] else np.zeros_like(pos)
+        patches = self._patches(section, centres)
+        pred = np.zeros((len(centres), len(self.genes_)), dtype=np.float32)
+        for phase in np.unique(grid.phases):  # each phase tiles the tissue: one sequence
+            sel = np.flatnonzero(grid.phases == phase)
+            pred[sel] = self._run(patches[sel], pos[sel])
+        ab, values, cover = SR.average_subpatches(self.to_eval_scale(pred), grid.patch_ij, grid.k, grid.shape)
+        return grid, ab, values, cover
+
+    def predict_super_resolution(self, section: ad.AnnData, factor: int = 4) -> ad.AnnData:
+        """Sub-patch predictions (log1p cp10k of a spot-sized area centred there), ``factor`` x the spot density.
+
+        ``obsm["spatial"]``: sub-patch centres (pixels); ``uns["stfusion"]["superres"]``: factor,
+        sub-patch side (µm, px), patch side (µm); ``obs["n_covering"]``: patches averaged.
+        """
+        genes = self._check_fitted()
+        grid, ab, values, cover = self._dense(section, factor)
+        return superres_adata(section, grid, ab, values, cover, genes, self.state_["patch_um"], factor)
+
+    def aggregate_superres(self, section: ad.AnnData, factor: int = 4) -> np.ndarray:
+        """HisToGene* spot values: the spot's k² sub-patches summed as shares in count-like space."""
+        grid, ab, values, _ = self._dense(section, factor)
+        members = SR.spot_members(grid, spot_coords(section))
+        spot_values, _ = SR.aggregate_to_spots(ab, values, members, grid.shape)
+        return spot_values.astype(np.float32)
+
+    def attention(self, section: ad.AnnData, spot: int | str, layers: Sequence[int] | None = None) -> np.ndarray:
+        """Attention of ``spot`` (index or name) to every spot: (n_layers, heads, n_spots); rows sum to 1."""
+        net = self._net()
+        i = section.obs_names.get_loc(spot) if isinstance(spot, str) else int(spot)
+        patches = self._patches(section, spot_coords(section))
+        pos = torch.as_tensor(self._positions(section), dtype=torch.long)
+        with torch.no_grad():
+            _, weights = net(patches[None], pos[None], return_attention=True)
+        chosen = range(len(weights)) if layers is None else layers
+        return np.stack([weights[j][0, :, i, :].numpy() for j in chosen])
+
+    # ------------------------------------------------------------------ persistence
+    def card(self) -> dict[str, Any]:
+        hp = self.hyperparams
+        return {**super().card(), **self.state_, "normalization": hp["normalization"], "patch_px": hp["patch_px"],
+                "dim": hp["dim"], "depth": hp["depth"], "heads": hp["heads"], "grid_size": hp["grid_size"],
+                "seed": hp["seed"], "preset": hp["preset"], "epochs_run": len(self.history_)}
+
+    def save(self, directory: str | Path) -> Path:
+        directory = super().save(directory)
+        torch.save(self._net().state_dict(), directory / WEIGHTS_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> HisToGene:
+        card = cls.read_card(directory)
+        hp = dict(card["hyperparams"])
+        model = cls(**hp)
+        model.genes_ = list(card["genes"])
+        keys = ("patch_um", "pitch_um", "pixel_mean", "pixel_std", "training_sections", "selected_fraction",
+                "target_mean", "target_std")
+        model.state_ = {k: card[k] for k in keys if k in card}
+        model.net_ = model._build_net()
+        state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model.net_.load_state_dict(state)
+        model.net_.eval()
+        return model
+
+
+def superres_adata(section, grid, ab, values, cover, genes, patch_um: float, factor: int) -> ad.AnnData:
+    """AnnData of sub-patches with centres, size and the section's spatial metadata."""
+    import copy
+
+    import pandas as pd
+
+    from stfusion import _constants as K
+
+    mpp = microns_per_pixel(section)
+    names = [f"sub_{a}_{b}" for a, b in ab]
+    out = ad.AnnData(X=np.asarray(values, np.float32), obs=pd.DataFrame(
+        {"grid_a": ab[:, 0], "grid_b": ab[:, 1], "n_covering": cover}, index=names), var=pd.DataFrame(index=list(genes)))
+    out.obsm[K.SPATIAL] = grid.cell_centres(ab)
+    if K.SPATIAL in section.uns:
+        out.uns[K.SPATIAL] = copy.deepcopy(dict(section.uns[K.SPATIAL]))
+        lib = next(iter(out.uns[K.SPATIAL].values()))
+        lib[K.SCALEFACTORS][K.SPOT_DIAMETER_FULLRES] = grid.stride_px
+    meta = dict(section.uns.get(K.STFUSION, {}))
+    meta.update(method="histogene", expression_space="log1p_cp10k", superres={
+        "factor": int(factor), "subpatch_um": float(grid.stride_px * mpp), "subpatch_px": float(grid.stride_px),
+        "patch_um": float(patch_um), "stride_um": float(grid.stride_px * mpp)})
+    out.uns[K.STFUSION] = meta
+    return out
+

@@ -1,0 +1,371 @@
+"""ST-Net (He et al., Nat Biomed Eng 2020): each spot's expression from the H&E patch on it.
+
+Training follows the paper with the choices a CPU user without pretrained weights needs:
+DenseNet-121 (random initialisation unless ``weights=PATH``), one linear head that starts
+from the training mean, MSE on ST-Net's normalisation ``ln((x + 1) / T)`` (``T`` over all
+genes), 224 px patches of a 150 µm field, random rotations/flips, the mean over the 8
+dihedral symmetries at test time, SGD (momentum 0.9, batch 32, up to 50 epochs).
+Gene selection and every normalisation statistic come from the training sections only.
+
+Presets (``preset=``; explicit arguments override them):
+
+- ``"paper"``: DenseNet-121, 224 px, 50 epochs, end-to-end SGD at ``DEFAULT_LR``, early
+  stopping (patience 5) on the last training section, then a refit on all training
+  sections for the selected number of epochs.
+- ``"fast"``: see :data:`PRESETS` and ``benchmarks/stnet/README.md``; a small CNN at a
+  low input resolution, so the her2st 5-fold benchmark with a shuffled null fits in
+  40 minutes on 2 CPU cores.
+
+``frozen=True`` computes backbone features once (the mean over the 8 symmetries) and fits
+only the head, in closed form by ridge regression (alpha per gene by generalised
+cross-validation). With a random-init backbone these are *random* convolutional features.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from stfusion import _constants as K
+from stfusion.data.genes import as_section_list, resolve_genes
+from stfusion.data.normalize import normalize
+from stfusion.data.patches import read_patches
+from stfusion.data.section import library_id, section_meta, spot_coords
+from stfusion.errors import StfusionError
+from stfusion.models.backbones import make_backbone
+from stfusion.models.base import Model, prediction_adata, target_expression
+from stfusion.models.stnet.nn import STNetNet, channel_stats, mse_loss, predict_arrays
+
+log = logging.getLogger("stfusion")
+
+DEFAULT_LR = 1e-2  # from-scratch SGD learning rate: benchmarks/stnet_lr.md
+EXPRESSION_SPACE = "stnet_log_norm"  # ln((counts + 1) / sum over all genes of (counts + 1))
+TARGETS = {  # target -> (expression space written to uns, description for the model card)
+    "stnet": (EXPRESSION_SPACE, "stnet: ln((counts + 1) / T), T = sum over all genes of (counts + 1)"),
+    "log1p": ("log1p_cp10k", "log1p(counts / spot total over all genes x 1e4) (the primary evaluation target)"),
+}
+EMBEDDING_KEY = "X_stnet"
+PSEUDO_BULK_KEY = "pseudo_bulk"
+WEIGHTS_FILE = "weights.pt"
+RIDGE_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "backbone": "densenet121", "out_px": 224, "epochs": 50, "lr": DEFAULT_LR, "target": "stnet",
+        "frozen": False, "epoch_selection": "refit", "width": None,
+    },
+    "fast": {
+        "backbone": "small_cnn", "out_px": 64, "epochs": 15, "lr": DEFAULT_LR, "target": "log1p",
+        "frozen": False, "epoch_selection": "none", "width": 16,
+    },
+}
+EPOCH_SELECTION = ("none", "holdout", "refit")
+
+
+class _Patches(Dataset):
+    """uint8 patches (N, H, W, 3) and targets; items are (float image in [0, 1] CHW, target)."""
+
+    def __init__(self, patches: np.ndarray, y: np.ndarray) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)
+        self.y = torch.as_tensor(y, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i].float().div(255.0), self.y[i]
+
+
+class STNet(Model):
+    """ST-Net: DenseNet-121 (or ResNet-18/50, small CNN) + linear head on each spot's H&E patch.
+
+    Parameters
+    ----------
+    preset
+        ``"paper"`` (default) or ``"fast"``; fills every argument left at None.
+    backbone, weights
+        Backbone name and an optional local torchvision-layout state dict (default: random init).
+    patch_um, out_px
+        Physical field of a patch (µm) and its side in pixels after resampling.
+    epochs, lr, batch_size
+        SGD (momentum 0.9) settings.
+    frozen
+        Train only the head on cached backbone features (ridge, closed form).
+    epoch_selection
+        ``"none"`` (train ``epochs``), ``"holdout"`` (early stopping on the last training
+        section, which is then not trained on), ``"refit"`` (holdout picks the epoch count,
+        then all sections are trained for that many epochs).
+    width
+        Width of ``small_cnn``.
+    patience, tta, seed, max_time_s, progress
+        Early-stopping patience, test-time augmentation, seed, wall-clock budget per
+        training run, progress bar.
+    """
+
+    name: ClassVar[str] = "stnet"
+    description: ClassVar[str] = "ST-Net: CNN (DenseNet-121 default) + linear head on each spot's 150 µm H&E patch."
+    input_kind: ClassVar[str] = "histology"
+
+    def __init__(
+        self,
+        preset: str = "paper",
+        backbone: str | None = None,
+        weights: str | None = None,
+        patch_um: float = 150.0,
+        out_px: int | None = None,
+        epochs: int | None = None,
+        lr: float | None = None,
+        batch_size: int = 32,
+        frozen: bool | None = None,
+        epoch_selection: str | None = None,
+        width: int | None = None,
+        target: str | None = None,
+        patience: int = 5,
+        tta: bool = True,
+        seed: int = 0,
+        max_time_s: float | None = None,
+        progress: bool = False,
+    ) -> None:
+        if preset not in PRESETS:
+            raise StfusionError(f"Unknown ST-Net preset {preset!r}; use one of {sorted(PRESETS)}.")
+        super().__init__(
+            preset=preset, backbone=backbone, weights=None if weights is None else str(weights),
+            patch_um=float(patch_um), out_px=out_px, epochs=epochs, lr=lr, batch_size=int(batch_size),
+            frozen=frozen, epoch_selection=epoch_selection, width=width, target=target, patience=int(patience),
+            tta=bool(tta), seed=int(seed), max_time_s=max_time_s, progress=bool(progress),
+        )
+        self.config = self._resolve()
+        self.net_: STNetNet | None = None
+        self.info_: dict[str, Any] = {}
+
+    def _resolve(self) -> dict[str, Any]:
+        cfg = dict(self.hyperparams)
+        for key, value in PRESETS[cfg["preset"]].items():
+            if cfg.get(key) is None:
+                cfg[key] = value
+        if cfg["epoch_selection"] not in EPOCH_SELECTION:
+            raise StfusionError(f"epoch_selection must be one of {EPOCH_SELECTION}, got {cfg['epoch_selection']!r}.")
+        if cfg["target"] not in TARGETS:
+            raise StfusionError(f"target must be one of {sorted(TARGETS)}, got {cfg['target']!r}.")
+        if int(cfg["out_px"]) < 16 or not cfg["patch_um"] > 0:
+            raise StfusionError(f"out_px must be at least 16 and patch_um positive, got {cfg['out_px']} and {cfg['patch_um']}.")
+        cfg["out_px"], cfg["epochs"], cfg["lr"] = int(cfg["out_px"]), int(cfg["epochs"]), float(cfg["lr"])
+        return cfg
+
+    @property
+    def weights_source(self) -> str:
+        return self.config["weights"] or "random init"
+
+    # ------------------------------------------------------------------ building blocks
+    def build_net(self, n_genes: int, channel_mean=(0.5, 0.5, 0.5), channel_std=(0.25, 0.25, 0.25), *, load_weights: bool = True) -> STNetNet:
+        """A fresh network (backbone initialised from ``weights`` when given and ``load_weights``)."""
+        cfg = self.config
+        kwargs = {"width": int(cfg["width"])} if cfg["backbone"] == "small_cnn" and cfg["width"] else {}
+        weights = cfg["weights"] if load_weights else None
+        backbone, n_features = make_backbone(cfg["backbone"], weights, **kwargs)
+        return STNetNet(backbone, n_features, n_genes, channel_mean, channel_std)
+
+    def targets(self, section: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
+        """Training targets of ``section`` (spots x genes) in the model's ``target`` space."""
+        if self.config["target"] == "stnet":
+            return normalize(section, "stnet", genes=genes)
+        return target_expression(section, genes)
+
+    @property
+    def expression_space(self) -> str:
+        return TARGETS[self.config["target"]][0]
+
+    def patches(self, section: ad.AnnData, centers_px: np.ndarray | None = None) -> np.ndarray:
+        """uint8 patches (N, out_px, out_px, 3) of the model's field at the section's spots."""
+        centers = spot_coords(section) if centers_px is None else centers_px
+        return read_patches(section, centers, self.config["patch_um"], self.config["out_px"])
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> STNet:
+        sections = as_section_list(train_sections)
+        genes = list(genes) if genes is not None else list(resolve_genes(250, sections))
+        ys = [self.targets(s, genes) for s in sections]  # raises on missing genes
+        xs = [self.patches(s) for s in sections]
+        mean, std = channel_stats(np.concatenate(xs))
+        log.info(f"ST-Net backbone {self.config['backbone']}: weights = {self.weights_source}")
+        torch.manual_seed(self.config["seed"])
+        net = self.build_net(len(genes), mean, std)
+        net.init_head(np.concatenate(ys).mean(axis=0))
+        if self.config["frozen"]:
+            self.info_ = _fit_frozen(net, np.concatenate(xs), np.concatenate(ys), tta=self.config["tta"])
+        else:
+            net, self.info_ = self._fit_sgd(net, xs, ys, len(genes), (mean, std))
+        self.net_, self.genes_ = net, genes
+        self.info_["training_sections"] = [_section_name(s) for s in sections]
+        self.info_["channel_mean"], self.info_["channel_std"] = mean, std
+        return self
+
+    def _fit_sgd(self, net: STNetNet, xs: list[np.ndarray], ys: list[np.ndarray], n_genes: int, stats) -> tuple[STNetNet, dict]:
+        cfg = self.config
+        selection = cfg["epoch_selection"] if len(xs) >= 2 else "none"
+        if selection == "none":
+            res = self._train(net, xs, ys, None, cfg["epochs"])
+            return net, _history_info(res, selection)
+        res = self._train(net, xs[:-1], ys[:-1], (xs[-1], ys[-1]), cfg["epochs"])
+        if selection == "holdout":
+            return net, _history_info(res, selection)
+        best = (res.best_epoch if res.best_epoch is not None else cfg["epochs"] - 1) + 1
+        torch.manual_seed(cfg["seed"])
+        fresh = self.build_net(n_genes, *stats)
+        fresh.init_head(np.concatenate(ys).mean(axis=0))
+        res_all = self._train(fresh, xs, ys, None, best)
+        info = _history_info(res_all, selection)
+        info.update(selected_epochs=best, selection_history=_history_info(res, "holdout")["history"])
+        return fresh, info
+
+    def _train(self, net: STNetNet, xs, ys, val, epochs: int):
+        from stfusion.train.loop import fit as train_fit
+
+        cfg = self.config
+        data = _Patches(np.concatenate(xs), np.concatenate(ys))
+        val_data = _Patches(*val) if val is not None else None
+        return train_fit(
+            net, mse_loss(augment=True), data, val_data, optimizer="sgd", lr=cfg["lr"], epochs=epochs,
+            batch_size=cfg["batch_size"], seed=cfg["seed"],
+            early_stopping_patience=cfg["patience"] if val is not None else None,
+            progress=cfg["progress"], max_time_s=cfg["max_time_s"],
+        )
+
+    # ------------------------------------------------------------------ predict
+    def predict_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions N x G, embeddings N x F) for uint8 patches (N, H, W, 3)."""
+        self._check_fitted()
+        return predict_arrays(self.net_, patches, tta=self.config["tta"])
+
+    def predict(self, section: ad.AnnData) -> ad.AnnData:
+        genes = self._check_fitted()
+        values, emb = self.predict_patches(self.patches(section))
+        out = prediction_adata(section, values, genes, method=self.name, space=self.expression_space)
+        out.obsm[EMBEDDING_KEY] = emb
+        out.uns[K.STFUSION].update(self._provenance())
+        return out
+
+    def _provenance(self) -> dict[str, Any]:
+        return {
+            "backbone": self.config["backbone"],
+            "backbone_weights": self.weights_source,
+            "patch_field_um": self.config["patch_um"],
+            "out_px": self.config["out_px"],
+            "preset": self.config["preset"],
+        }
+
+    def predict_image(self, image_path: str | Path | np.ndarray, microns_per_pixel: float) -> ad.AnnData:
+        """Predict every tissue tile of an H&E-only slide (tiles of the model's field).
+
+        Returns tiles x genes with tile centres (full-res px) in ``obsm["spatial"]``,
+        embeddings in ``obsm["X_stnet"]``, grid indices in ``obs`` and the pseudo-bulk
+        mean over tiles in ``var["pseudo_bulk"]`` and ``uns["pseudo_bulk"]``.
+        """
+        from stfusion.models.stnet.tiling import tissue_tiles
+
+        genes = self._check_fitted()
+        tiles = tissue_tiles(image_path, float(microns_per_pixel), self.config["patch_um"], self.config["out_px"])
+        if len(tiles.patches) == 0:
+            raise StfusionError(
+                f"No tissue tile found in {image_path} (every {self.config['patch_um']:g} µm tile is mostly white). "
+                "Check the image and --microns-per-pixel."
+            )
+        values, emb = self.predict_patches(tiles.patches)
+        names = [f"tile_{r}_{c}" for r, c in tiles.grid_rc]
+        obs = pd.DataFrame({"grid_row": tiles.grid_rc[:, 0], "grid_col": tiles.grid_rc[:, 1]}, index=names)
+        out = ad.AnnData(X=values.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+        out.obsm[K.SPATIAL] = tiles.centers_px.astype(np.float64)
+        out.obsm[EMBEDDING_KEY] = emb
+        bulk = values.mean(axis=0)
+        out.var[PSEUDO_BULK_KEY] = bulk
+        out.uns[PSEUDO_BULK_KEY] = bulk
+        source = str(Path(image_path).resolve()) if not isinstance(image_path, np.ndarray) else "array"
+        out.uns[K.STFUSION] = {
+            "method": self.name, "expression_space": self.expression_space, "source_image_path": source,
+            "microns_per_pixel": float(microns_per_pixel), "n_tiles": len(names), "n_tiles_total": tiles.n_total,
+            **self._provenance(),
+        }
+        return out
+
+    # ------------------------------------------------------------------ save / load
+    def card(self) -> dict[str, Any]:
+        card = super().card()
+        cfg = self.config
+        card.update(
+            description=self.description,
+            normalisation=TARGETS[cfg["target"]][1],
+            expression_space=self.expression_space,
+            patch_field_um=cfg["patch_um"],
+            out_px=cfg["out_px"],
+            pixel_size_um=cfg["patch_um"] / cfg["out_px"],
+            backbone=cfg["backbone"],
+            weights_source=self.weights_source,
+            seed=cfg["seed"],
+            preset=cfg["preset"],
+            config=cfg,
+            training=self.info_,
+            weights_file=WEIGHTS_FILE,
+        )
+        return card
+
+    def save(self, directory: str | Path) -> Path:
+        directory = super().save(directory)
+        state = {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()}
+        torch.save(state, Path(directory) / WEIGHTS_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> STNet:
+        """A fitted model from a folder written by :meth:`save`; tensors only (weights_only=True)."""
+        card = cls.read_card(directory)
+        if card.get("method") != cls.name:
+            raise StfusionError(
+                f"{directory} holds a '{card.get('method')}' model, not 'stnet'. Load it with stfusion.models.api.load_model."
+            )
+        model = cls(**card["hyperparams"])
+        training = card.get("training", {})
+        net = model.build_net(len(card["genes"]), training.get("channel_mean", (0.5,) * 3),
+                              training.get("channel_std", (0.25,) * 3), load_weights=False)
+        state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        net.eval()
+        model.net_, model.genes_, model.info_ = net, list(card["genes"]), training
+        return model
+
+
+# ---------------------------------------------------------------------- helpers
+def _section_name(section: ad.AnnData) -> str:
+    return str(section_meta(section).get(K.SECTION_ID) or library_id(section))
+
+
+def _history_info(result, selection: str) -> dict[str, Any]:
+    return {
+        "epoch_selection": selection,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "seconds": round(result.seconds, 2),
+        "history": [{k: v for k, v in row.items() if k in ("epoch", "train_loss", "val_loss")} for row in result.history],
+    }
+
+
+def _fit_frozen(net: STNetNet, patches: np.ndarray, y: np.ndarray, *, tta: bool) -> dict[str, Any]:
+    """Fit the head on cached features by ridge (per-gene alpha by GCV), folded into the linear layer."""
+    from sklearn.linear_model import RidgeCV
+
+    _, feats = predict_arrays(net, patches, tta=tta)
+    feats = feats.astype(np.float64)
+    mean, scale = feats.mean(axis=0), feats.std(axis=0)
+    scale[scale == 0] = 1.0
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True).fit((feats - mean) / scale, y)
+    coef = np.atleast_2d(ridge.coef_) / scale
+    net.set_head(coef, np.atleast_1d(ridge.intercept_) - coef @ mean)
+    alphas = np.atleast_1d(ridge.alpha_)
+    return {"epoch_selection": "none", "head": "ridge", "median_alpha": float(np.median(alphas))}
