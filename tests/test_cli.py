@@ -13,7 +13,8 @@ from stfusion.cli import main
 from tests.conftest import need
 
 
-def _tiny_st(tmp_path, *, negative=False):
+def _tiny_st(tmp_path, *, negative=False, fault=None):
+    """A 5 x 5 legacy ST section on disk; ``fault`` breaks it in one way."""
     rng = np.random.default_rng(0)
     xs, ys = np.meshgrid(np.arange(1, 6), np.arange(1, 6))
     spots = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel()})
@@ -21,13 +22,29 @@ def _tiny_st(tmp_path, *, negative=False):
     spots["pixel_x"], spots["pixel_y"] = spots.x * 40.0, spots.y * 40.0
     spots["selected"] = 1
     counts = pd.DataFrame(
-        rng.poisson(5, (25, 4)), index=[f"{x}x{y}" for x, y in zip(spots.x, spots.y)], columns=list("ABCD")
+        rng.poisson(5, (25, 4)).astype(float), index=[f"{x}x{y}" for x, y in zip(spots.x, spots.y)], columns=list("ABCD")
     )
-    if negative:
+    if negative or fault == "negative":
         counts.iloc[0, 0] = -3
+    if fault == "nan":
+        counts.iloc[0, 0] = np.nan
+    if fault == "fraction":
+        counts.iloc[0, 0] = 0.5
+    if fault == "duplicate":
+        counts.columns = ["A", "B", "A", "D"]
+    if fault == "nojoin":
+        counts.index = [f"{i}.5x{i}.5" for i in range(25)]
+    if fault == "outside":
+        spots["pixel_x"] *= 10
+    if fault == "empty":
+        spots["selected"] = 0
     img = np.full((260, 260, 3), 240, np.uint8)
     img[20:230, 20:230] = 120
     Image.fromarray(img).save(tmp_path / "he.png")
+    if fault == "corrupt":
+        (tmp_path / "he.png").write_bytes(b"not an image at all" * 10)
+    if fault == "missing":
+        (tmp_path / "he.png").unlink()
     spots.to_csv(tmp_path / "spots.tsv", sep="\t", index=False)
     counts.to_csv(tmp_path / "counts.tsv", sep="\t")
     return ["--counts", str(tmp_path / "counts.tsv"), "--spots", str(tmp_path / "spots.tsv"), "--image", str(tmp_path / "he.png")]
@@ -48,14 +65,38 @@ def test_read_info_show_roundtrip(tmp_path, capsys):
     assert Image.open(png).size[0] > 100
 
 
-def test_error_is_one_line_and_leaves_no_output(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "fault, words",
+    [
+        ("negative", "negative"),
+        ("nan", "NaN"),
+        ("fraction", "non-integer"),
+        ("duplicate", "more than once"),
+        ("nojoin", "matched"),
+        ("outside", "outside"),
+        ("empty", "no spots"),
+        ("corrupt", "corrupt"),
+        ("missing", "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, capsys, fault, words):
     out = tmp_path / "bad.h5ad"
-    code = main(["read", "st", *_tiny_st(tmp_path, negative=True), "--out", str(out)])
+    code = main(["read", "st", *_tiny_st(tmp_path, fault=fault), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code != 0
-    assert len(err.splitlines()) == 1 and "negative" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_no_scale_is_a_clear_error(tmp_path, capsys):
+    args = _tiny_st(tmp_path)
+    spots = pd.read_csv(tmp_path / "spots.tsv", sep="\t")
+    spots.iloc[1:, spots.columns.get_loc("selected")] = 0  # one spot: no grid to fit
+    spots.to_csv(tmp_path / "spots.tsv", sep="\t", index=False)
+    assert main(["read", "st", *args, "--out", str(tmp_path / "one.h5ad")]) == 1
+    assert "--microns-per-pixel" in capsys.readouterr().err
+    assert main(["read", "st", *args, "--microns-per-pixel", "0.5", "--out", str(tmp_path / "one.h5ad")]) == 0
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -2,8 +2,8 @@
 
 Found, in order of preference, from a user override, from Visium scale factors
 (the spot diameter is 55 µm), or from the spot grid of a legacy ST array
-(median nearest-neighbour distance in pixels over the known centre-to-centre
-distance of the array).
+(the known centre-to-centre distance of the array over the neighbour distance in
+pixels, fitted through the array coordinates when they are known).
 """
 
 from __future__ import annotations

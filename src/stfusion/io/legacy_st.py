@@ -7,8 +7,10 @@ in the H&E image, and the H&E image. :func:`read_st` reads that generic layout; 
 other readers locate the files of known releases (her2st, STUtility, the XFuse toy
 section) and add what those releases carry (labels, gene symbols, a tissue mask).
 
-The physical scale is fitted from the spot grid (median nearest-neighbour distance
-over the array's centre-to-centre spacing) unless ``microns_per_pixel`` is given.
+The physical scale is fitted from the spot grid (the array's known centre-to-centre
+spacing over the neighbour distance in pixels, from an affine fit of array to pixel
+coordinates; see :func:`stfusion.data.scale.grid_spacing_px`) unless
+``microns_per_pixel`` is given.
 """
 
 from __future__ import annotations
