@@ -134,3 +134,12 @@ def test_read_her2st_cli(shared_data, tmp_path, capsys):
 def test_demo_writes_plot(tmp_path):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     assert (tmp_path / "demo" / "overlay.png").stat().st_size > 10_000
+
+
+def test_methods_lists_every_registered_name(capsys, monkeypatch):
+    from stfusion.models.registry import available
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in available())

@@ -343,13 +343,14 @@ def methods_cmd() -> None:
 
     from stfusion.models.registry import available, get
 
-    table = Table("name", "input", "uncertainty", "super-res.", "description")
+    table = Table()
+    for col in ("name", "input", "uncertainty", "super-res."):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for name in available():
         cls = get(name)
-        table.add_row(
-            name, cls.input_kind, "yes" if cls.has_uncertainty else "no",
-            "yes" if cls.has_super_resolution else "no", cls.description,
-        )
+        flags = ["yes" if getattr(cls, f, False) else "no" for f in ("has_uncertainty", "has_super_resolution")]
+        table.add_row(name, getattr(cls, "input_kind", "?"), *flags, getattr(cls, "description", ""))
     _console().print(table)
 
 

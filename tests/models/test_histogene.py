@@ -127,8 +127,8 @@ def test_positions_pixel_binning_matches_array(her2st):
 
 
 def test_training_beats_constant_on_held_out_section(her2st, fitted):
+    from stfusion.baselines.interpolation import ConstantBaseline
     from stfusion.benchmark.scoring import score_histology
-    from stfusion.models.base import target_expression
 
     secs, genes = her2st
     test = secs["C4"]
@@ -136,12 +136,10 @@ def test_training_beats_constant_on_held_out_section(her2st, fitted):
     assert pred.shape == (test.n_obs, len(genes)) and list(pred.var_names) == genes
     scores = score_histology(pred, test, genes)
     r = scores[scores.metric == "pearson"].value.to_numpy()
-    assert np.nanmean(r) > 0.15  # the constant baseline scores r = 0
-    truth = target_expression(test, genes)
-    train_mean = np.vstack([target_expression(secs[s], genes) for s in ("C2", "C3")]).mean(axis=0)
-    rmse_model = np.sqrt(np.mean((np.asarray(pred.X) - truth) ** 2))
-    rmse_const = np.sqrt(np.mean((train_mean - truth) ** 2))
-    assert rmse_model < rmse_const
+    assert np.nanmean(r) > 0.15  # the constant baseline scores r = 0 on every gene
+    assert np.mean(r > 0) > 0.8
+    const = score_histology(ConstantBaseline().fit([secs["C2"], secs["C3"]], genes=genes).predict(test), test, genes)
+    assert np.nanmean(r) > const[const.metric == "pearson"].value.mean() + 0.15
     assert fitted.history_[-1]["train_loss"] < fitted.history_[0]["train_loss"]
 
 
@@ -217,6 +215,7 @@ def test_cli_predict_super_resolution(her2st, fitted, tmp_path):
 
     save_model(fitted, tmp_path / "m")
     write_h5ad(her2st[0]["C4"], tmp_path / "c4.h5ad")
-    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "c4.h5ad"), "--super-resolution", "9", "--out", str(tmp_path / "sr.h5ad")]) in (0, None)
+    args = ["predict", str(tmp_path / "m"), str(tmp_path / "c4.h5ad"), "--super-resolution", "9"]
+    assert main([*args, "--out", str(tmp_path / "sr.h5ad")]) in (0, None)
     sr = ad.read_h5ad(tmp_path / "sr.h5ad")
     assert sr.uns["stfusion"]["superres"]["factor"] == 9 and sr.n_vars == len(fitted.genes_)
