@@ -53,8 +53,8 @@ def write(rows, epochs: int) -> None:
         f"Date {datetime.date.today()}, {os.cpu_count()} CPU cores (shared), seed 0. Command: "
         f"`nice .venv/bin/python benchmarks/stnet/lr_experiment.py {epochs} {' '.join(str(r[0]) for r in rows)}`.",
         f"Train her2st C2 + C3, validate on C4, 785 genes; fast-preset network ({cfg['backbone']} width {cfg['width']}, "
-        f"{cfg['out_px']} px patches of 150 µm, random init), SGD momentum 0.9, batch 32, {epochs} epochs, augmentation on.",
-        "Validation loss = MSE in ST-Net space; Pearson = mean/median gene-wise r on C4 (primary target), "
+        f"{cfg['out_px']} px patches of 150 µm, random init, target {cfg['target']}), SGD momentum 0.9, batch 32, {epochs} epochs, augmentation on.",
+        "Validation loss = MSE on the fast preset's training target (log1p(counts / total x 1e4), the primary target); Pearson = mean/median gene-wise r on C4 (primary target), "
         "weights of the best validation epoch, 8-fold TTA.",
         "",
         "| lr | val MSE per epoch | best epoch | mean r | median r | seconds |",

@@ -197,3 +197,14 @@ def test_umap_coords_real():
     # the two clusters stay apart in 2-D
     a, b = xy[:30].mean(0), xy[30:].mean(0)
     assert np.linalg.norm(a - b) > 3 * max(xy[:30].std(0).max(), xy[30:].std(0).max())
+
+
+def test_epoch_selection_refit_uses_holdout_then_all_sections(toy_split):
+    train, _ = toy_split
+    y = train.obsm["spatial"][:, 1]
+    parts = [train[y <= np.median(y)].copy(), train[y > np.median(y)].copy()]
+    model = STNet(**{**SMALL, "width": 4, "epochs": 3, "epoch_selection": "refit", "patience": 1}).fit(parts, genes=list(train.var_names[:3]))
+    info = model.info_
+    assert info["epoch_selection"] == "refit"
+    assert all(h["val_loss"] is not None for h in info["selection_history"])  # holdout run validated each epoch
+    assert 1 <= info["selected_epochs"] <= 3 and info["epochs_run"] == info["selected_epochs"]
