@@ -50,7 +50,7 @@ def heldout_scores(ref, sp, hold):
     return np.nanmean(pearson(truth, pred)), shuffled, np.nanmean(pearson(truth, knn))
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def one_torch_thread():
     """These nets are tiny: one thread avoids oversubscribing a shared CI machine (restored after)."""
     n = torch.get_num_threads()
@@ -88,8 +88,9 @@ def test_net_follows_the_rest_architecture():
 
 def test_losses_match_their_formulas():
     torch.manual_seed(0)
-    out = {k: torch.rand(5, 8) for k in ("st_content1", "sc_content1", "st_content2", "sc_content2",
-                                        "st_style1", "gen_style1", "st_style2", "gen_style2", "real", "fake")}  # fmt: skip
+    keys = ("st_content1", "sc_content1", "st_content2", "sc_content2", "st_style1", "gen_style1", "st_style2",
+            "gen_style2", "real", "fake")  # fmt: skip
+    out = {k: torch.rand(5, 8) for k in keys}
     spatial = torch.rand(5, 8)
     f = out["gen_style1"]
     np.testing.assert_allclose(gram_matrix(f).numpy(), (f @ f.T / 40).numpy(), rtol=1e-6)
@@ -141,6 +142,7 @@ def test_kmeans_clusters_without_labels_recover_the_cell_types():
     del unlabelled.obs[K.CELL_TYPE]
     codes, names, how = reference_clusters(unlabelled, n_clusters=3)
     assert how == "kmeans" and len(names) == 3
+    assert torch.get_num_threads() == 1  # scanpy's thread limits do not leak into torch
     assert adjusted_rand_score(ref.obs[K.CELL_TYPE], codes) > 0.9
     codes_default, _, how_default = reference_clusters(unlabelled)
     assert how_default in ("leiden", "kmeans") and codes_default.min() >= 0
@@ -248,6 +250,8 @@ def test_clear_errors(fitted, tmp_path):
     assert "gene_004" not in m.genes_
     with pytest.raises(UnimputableGenesError, match="zero counts in the reference.*gene_004"):
         m.impute(["gene_001", "gene_004"])
+    with pytest.raises(UnimputableGenesError, match="zero counts in the reference.*gene_004"):
+        SpaIM(**TINY).fit_impute(zeroed, sp, ["gene_004"])  # checked before training
     with pytest.raises(StfusionError, match="not measured in both"):
         SpaIM(**TINY).fit(ref, sp, ["gene_001", "nope"])
     other = sp.copy()

@@ -6,14 +6,19 @@ gene's *content* is its mean log1p expression in each of K reference clusters, i
 its log1p profile over the N spatial cells. Net and losses: :mod:`stfusion.models.spaim.nn`.
 
 Preprocessing. Both datasets: ``log1p(counts / cell total * target_sum)`` (totals over all
-genes of the dataset, ``target_sum=1e4``); ``target_sum=None`` gives the reference code's
-``log1p(counts)`` without library-size normalisation. Clusters: ``obs["cell_type"]`` when
+genes of the dataset, ``target_sum=1e4``, the space stfusion scores in); ``target_sum=None``
+gives the reference code's ``log1p(counts)`` (its ``dataset.py`` does not normalise per cell;
+only its clustering script does, with scanpy's default target). Clusters: ``obs["cell_type"]`` when
 present (the reference code's "annotate" mode); otherwise Leiden (resolution 0.5, as the
 reference code) when igraph is installed, else k-means (``n_clusters``, default 10) on the
 PCA of the normalised, scaled reference (2,000 HVGs when it has more genes). An explicit
 ``n_clusters`` always uses k-means. Training genes with zero counts in either dataset are
 dropped with a warning (the reference code filters genes seen in < 3 cells); requesting a
 gene with zero reference counts raises :class:`UnimputableGenesError`.
+
+Outputs are in the spatial data's log1p space only up to a per-gene scale: the cosine losses
+do not fix each gene's magnitude, so score them with scale-free metrics (PCC, and SSIM, JS and
+z-scored RMSE as Li et al. 2022 define them). Negative predictions are set to 0.
 
 Differences from the reference code (on purpose): every requested gene is predicted (it
 keeps only the last batch), outputs are labelled cells x genes in the requested order
@@ -78,6 +83,7 @@ def _pca(reference: ad.AnnData, seed: int) -> ad.AnnData:
     sc.pp.log1p(tmp)
     if tmp.n_vars > 2000:
         sc.pp.highly_variable_genes(tmp, n_top_genes=2000, subset=True)
+    tmp.X = tmp.X.toarray()  # scaling densifies anyway
     sc.pp.scale(tmp, max_value=10)
     n_comps = max(1, min(50, tmp.n_vars - 1, tmp.n_obs - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
@@ -99,6 +105,17 @@ def reference_clusters(
         if len(col.cat.categories) == 0:
             raise StfusionError(f"obs[{cluster_key!r}] has no labels; drop the column or pass n_clusters.")
         return col.cat.codes.to_numpy(np.int64), [str(c) for c in col.cat.categories], cluster_key
+    threads = torch.get_num_threads()
+    try:
+        return _cluster_unlabelled(reference, n_clusters, resolution, seed)
+    finally:  # scanpy's threadpoolctl limits can reset torch's OpenMP thread count on exit
+        torch.set_num_threads(threads)
+
+
+def _cluster_unlabelled(
+    reference: ad.AnnData, n_clusters: int | None, resolution: float, seed: int
+) -> tuple[np.ndarray, list[str], str]:
+    """Leiden (igraph installed, no ``n_clusters``) or k-means on the reference's PCA."""
     tmp = _pca(reference, seed)
     if n_clusters is None and importlib.util.find_spec("igraph") is not None:
         import scanpy as sc
@@ -127,6 +144,30 @@ def cluster_means(expr: sparse.csr_matrix, codes: np.ndarray, n_clusters: int) -
     return np.asarray((ind @ expr).todense(), dtype=np.float32)
 
 
+def _check_imputable(genes: list[str], idx: np.ndarray, expressed: np.ndarray) -> None:
+    """Raise :class:`UnimputableGenesError` for genes absent from the reference (``idx`` -1) or without counts."""
+    missing = [g for g, i in zip(genes, idx) if i < 0]
+    if missing:
+        raise UnimputableGenesError(f"{len(missing)} genes to impute are not in the reference: {missing[:10]}. "
+                                    "Only genes the reference measures can be imputed.")  # fmt: skip
+    empty = [g for g, e in zip(genes, expressed) if not e]
+    if empty:
+        raise UnimputableGenesError(f"{len(empty)} genes have zero counts in the reference and cannot be imputed: "
+                                    f"{empty[:10]}. Drop them from the request.")  # fmt: skip
+
+
+def _expressed_training_genes(train: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mask of training genes with counts in both datasets; warns about the others."""
+    ok = (x.max(axis=1) > 0) & (y.max(axis=1) > 0)
+    if not ok.all():
+        dropped = [g for g, keep in zip(train, ok) if not keep]
+        warnings.warn(f"{len(dropped)} training genes have no counts in the reference or the spatial data "
+                      f"and are not used: {dropped[:10]}", stacklevel=3)  # fmt: skip
+    if ok.sum() < 2:
+        raise StfusionError("Fewer than 2 training genes have counts in both datasets; SpaIM cannot be trained.")
+    return ok
+
+
 def _obs_hash(names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(map(str, names)).encode()).hexdigest()
 
@@ -146,6 +187,9 @@ def _accelerator(name: str) -> str:
 # --------------------------------------------------------------------------- model
 class SpaIM:
     """SpaIM imputer for ONE spatial dataset (its output layer has one unit per spatial cell).
+
+    A fitted model predicts only for the cells it was trained on; for other spatial data,
+    fit a new model.
 
     ``fit(reference, spatial, genes=None)`` trains on the genes both measure (or ``genes``);
     ``impute(genes)`` predicts reference genes for every cell of that same spatial data.
@@ -206,18 +250,17 @@ class SpaIM:
         train = self._training_genes(reference, spatial, genes)
         codes, names, how = reference_clusters(reference, hp["n_clusters"], cluster_key=hp["cluster_key"],
                                                resolution=hp["resolution"], seed=hp["seed"])  # fmt: skip
-        ref_expr = log1p_expression(reference.X, hp["target_sum"])
-        self.content_ = cluster_means(ref_expr, codes, len(names))
-        self.ref_genes_ = [str(g) for g in reference.var_names]
+        content = cluster_means(log1p_expression(reference.X, hp["target_sum"]), codes, len(names))
+        x = content[:, reference.var_names.get_indexer(train)].T
         sp_expr = log1p_expression(spatial.X, hp["target_sum"])[:, spatial.var_names.get_indexer(train)]
-        ref_index = pd.Index(self.ref_genes_)
-        x = self.content_[:, ref_index.get_indexer(train)].T
         y = np.asarray(sp_expr.T.todense(), dtype=np.float32)
-        x, y = self._drop_unexpressed(train, x, y)
-        self.clusters_, self.clustering_ = names, how
+        keep = _expressed_training_genes(train, x, y)
+        self.content_, self.ref_genes_ = content, [str(g) for g in reference.var_names]
+        self.genes_, self.clusters_, self.clustering_ = [g for g, k in zip(train, keep) if k], names, how
         self.obs_names_ = [str(c) for c in spatial.obs_names]
-        self.obsm_ = {k: np.asarray(v) for k, v in spatial.obsm.items() if not isinstance(v, pd.DataFrame)}
-        self._train(x, y)
+        self.obsm_ = {k: np.asarray(v) for k, v in spatial.obsm.items()
+                      if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number)}  # fmt: skip
+        self._train(np.ascontiguousarray(x[keep]), np.ascontiguousarray(y[keep]))
         return self
 
     def _training_genes(self, reference: ad.AnnData, spatial: ad.AnnData, genes) -> list[str]:
@@ -236,17 +279,6 @@ class SpaIM:
                 "Harmonise gene names (symbols vs IDs, case) first."
             )
         return [str(g) for g in shared]
-
-    def _drop_unexpressed(self, train: list[str], x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = (x.max(axis=1) > 0) & (y.max(axis=1) > 0)
-        if not ok.all():
-            dropped = [g for g, keep in zip(train, ok) if not keep]
-            warnings.warn(f"{len(dropped)} training genes have no counts in the reference or the spatial data "
-                          f"and are not used: {dropped[:10]}", stacklevel=3)  # fmt: skip
-        if ok.sum() < 2:
-            raise StfusionError("Fewer than 2 training genes have counts in both datasets; SpaIM cannot be trained.")
-        self.genes_ = [g for g, keep in zip(train, ok) if keep]
-        return x[ok], y[ok]
 
     def _build(self, n_clusters: int, n_cells: int) -> SpaIMNet:
         with torch.random.fork_rng(devices=[]):
@@ -283,15 +315,8 @@ class SpaIM:
 
     def _content_of(self, genes: list[str]) -> np.ndarray:
         idx = pd.Index(self.ref_genes_).get_indexer(genes)
-        missing = [g for g, i in zip(genes, idx) if i < 0]
-        if missing:
-            raise UnimputableGenesError(f"{len(missing)} genes to impute are not in the reference: {missing[:10]}. "
-                                        "Only genes the reference measures can be imputed.")  # fmt: skip
-        content = self.content_[:, idx].T
-        empty = [g for g, c in zip(genes, content) if c.max() <= 0]
-        if empty:
-            raise UnimputableGenesError(f"{len(empty)} genes have zero counts in the reference and cannot be imputed: "
-                                        f"{empty[:10]}. Drop them from the request.")  # fmt: skip
+        content = self.content_[:, np.maximum(idx, 0)].T
+        _check_imputable(genes, idx, content.max(axis=1, initial=0.0) > 0)
         return np.ascontiguousarray(content)
 
     def impute(self, genes: Sequence[str]) -> ad.AnnData:
@@ -310,7 +335,10 @@ class SpaIM:
 
     def fit_impute(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str]) -> ad.AnnData:
         """Train on the shared genes other than ``genes``, then impute ``genes``."""
-        hold = {str(g) for g in genes}
+        genes = [str(g) for g in genes]
+        idx = reference.var_names.get_indexer(genes)
+        _check_imputable(genes, idx, np.asarray(reference.X[:, np.maximum(idx, 0)].sum(axis=0)).ravel() > 0)
+        hold = set(genes)
         shared = spatial.var_names[spatial.var_names.isin(reference.var_names)]
         return self.fit(reference, spatial, [g for g in shared if g not in hold]).impute(genes)
 
