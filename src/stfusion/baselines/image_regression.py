@@ -160,17 +160,10 @@ class _ImageFeatureModel(Model):
     @classmethod
     def load(cls, directory: str | Path) -> _ImageFeatureModel:
         """A fitted model from a folder written by :meth:`save` (a new object)."""
-        card = cls.read_card(directory)
-        if card.get("method") != cls.name:
-            raise StfusionError(
-                f"{directory} holds a '{card.get('method')}' model, not '{cls.name}'. "
-                "Load it with the matching class (stfusion.models.registry.get(name))."
-            )
-        model = cls(**card["hyperparams"])
+        model, card = cls.from_card(directory)
         with np.load(Path(directory) / PARAMS_FILE, allow_pickle=False) as npz:
             model.params_ = {k: npz[k] for k in npz.files}
         model._after_load()
-        model.genes_ = list(card["genes"])
         return model
 
     def _after_load(self) -> None:

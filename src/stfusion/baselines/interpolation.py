@@ -109,9 +109,7 @@ class ConstantBaseline(Model):
 
     @classmethod
     def load(cls, directory: str | Path) -> ConstantBaseline:
-        card = cls.read_card(directory)
-        model = cls(**card["hyperparams"])
-        model.genes_ = list(card["genes"])
+        model, card = cls.from_card(directory)
         model.mean_ = load_arrays(directory)["mean"]
         return model
 
@@ -176,9 +174,7 @@ class SpatialBaseline(Model):
 
     @classmethod
     def load(cls, directory: str | Path) -> SpatialBaseline:
-        card = cls.read_card(directory)
-        model = cls(**card["hyperparams"])
-        model.genes_ = list(card["genes"])
+        model, card = cls.from_card(directory)
         arrays = load_arrays(directory)
         model.state_ = {}
         for i, key in enumerate(card["sections"]):

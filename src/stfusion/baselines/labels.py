@@ -74,9 +74,7 @@ class LabelMeanBaseline(Model):
 
     @classmethod
     def load(cls, directory: str | Path) -> LabelMeanBaseline:
-        card = cls.read_card(directory)
-        model = cls(**card["hyperparams"])
-        model.genes_ = list(card["genes"])
+        model, card = cls.from_card(directory)
         arrays = load_arrays(directory)
         model.labels_, model.label_means_, model.mean_ = arrays["labels"], arrays["label_means"], arrays["mean"]
         return model

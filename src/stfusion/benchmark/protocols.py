@@ -72,11 +72,16 @@ def spot_holdout(sections: Sequence[ad.AnnData], fraction: float = 0.5, seed: in
 def gene_kfold(
     reference: ad.AnnData, spatial: ad.AnnData, k: int = 5, seed: int = 0, name: str = "pair"
 ) -> Iterator[Fold]:
-    """Split the shared genes into k folds; each fold is hidden from the spatial data."""
+    """Split the shared genes into k folds; each fold is hidden from the spatial data.
+
+    Only genes with counts in both datasets take part: a gene the reference never detects
+    cannot be imputed by any method, and one the spatial data never detects has no
+    correlation to score.
+    """
     from stfusion.data.splits import gene_kfold as kfold
     from stfusion.io.reference import shared_genes
 
-    genes = shared_genes(reference, spatial)
+    genes = _expressed_in_both(reference, spatial, shared_genes(reference, spatial))
     for i, hidden in enumerate(kfold(genes, k=k, seed=seed)):
         keep = [g for g in genes if g not in set(hidden)]
         yield Fold(
@@ -85,6 +90,21 @@ def gene_kfold(
             test=spatial[:, list(hidden)].copy(),
             hidden_genes=list(hidden),
         )
+
+
+def _expressed_in_both(reference: ad.AnnData, spatial: ad.AnnData, genes: list[str]) -> list[str]:
+    import logging
+
+    def detected(adata: ad.AnnData) -> np.ndarray:
+        return np.asarray((adata[:, genes].X > 0).sum(axis=0)).ravel() > 0
+
+    keep = detected(reference) & detected(spatial)
+    dropped = [g for g, k in zip(genes, keep) if not k]
+    if dropped:
+        logging.getLogger("stfusion").info(
+            f"gene k-fold: {len(dropped)} shared genes without counts in both datasets left out: {dropped[:10]}"
+        )
+    return [g for g, k in zip(genes, keep) if k]
 
 
 PROTOCOLS = {

@@ -129,6 +129,20 @@ class Model(ABC):
         (directory / "model.json").write_text(json.dumps(self.card(), indent=2, default=_json_default))
         return directory
 
+    @classmethod
+    def from_card(cls, directory: str | Path) -> tuple[Model, dict[str, Any]]:
+        """A new model rebuilt from a saved card: checks the method, restores the
+        hyperparameters and genes. Subclasses' ``load`` then restore their fitted arrays."""
+        card = cls.read_card(directory)
+        if card.get("method") != cls.name:
+            raise StfusionError(
+                f"{directory} holds a '{card.get('method')}' model, not '{cls.name}'. "
+                "Load it with stfusion.models.api.load_model(dir), which picks the class from the card."
+            )
+        model = cls(**card["hyperparams"])
+        model.genes_ = list(card["genes"])
+        return model, card
+
     @staticmethod
     def read_card(directory: str | Path) -> dict[str, Any]:
         path = Path(directory) / "model.json"

@@ -395,10 +395,7 @@ class HisToGene(Model):
 
     @classmethod
     def load(cls, directory: str | Path) -> HisToGene:
-        card = cls.read_card(directory)
-        hp = dict(card["hyperparams"])
-        model = cls(**hp)
-        model.genes_ = list(card["genes"])
+        model, card = cls.from_card(directory)
         keys = ("patch_um", "pitch_um", "pixel_mean", "pixel_std", "training_sections", "selected_fraction",
                 "target_mean", "target_std")
         model.state_ = {k: card[k] for k in keys if k in card}

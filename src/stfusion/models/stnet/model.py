@@ -332,12 +332,7 @@ class STNet(Model):
     @classmethod
     def load(cls, directory: str | Path) -> STNet:
         """A fitted model from a folder written by :meth:`save`; tensors only (weights_only=True)."""
-        card = cls.read_card(directory)
-        if card.get("method") != cls.name:
-            raise StfusionError(
-                f"{directory} holds a '{card.get('method')}' model, not 'stnet'. Load it with stfusion.models.api.load_model."
-            )
-        model = cls(**card["hyperparams"])
+        model, card = cls.from_card(directory)
         training = card.get("training", {})
         net = model.build_net(len(card["genes"]), training.get("channel_mean", (0.5,) * 3),
                               training.get("channel_std", (0.25,) * 3), load_weights=False)
