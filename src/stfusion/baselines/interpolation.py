@@ -46,9 +46,9 @@ def resolve_train_genes(train_sections: Sequence[ad.AnnData], genes: Sequence[st
     if len(train_sections) == 0:
         raise StfusionError("No training sections were given. Pass at least one section to fit().")
     if genes is None:
-        shared = train_sections[0].var_names
-        for s in train_sections[1:]:
-            shared = shared[shared.isin(s.var_names)]
+        from stfusion.data.genes import shared_genes
+
+        shared = shared_genes(list(train_sections))
         if len(shared) == 0:
             raise StfusionError("The training sections share no genes. Harmonise gene names (symbols vs IDs) first.")
         return [str(g) for g in shared]

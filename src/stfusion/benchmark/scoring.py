@@ -54,16 +54,11 @@ def _zero_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, 0.0, values)
 
 
-def imputation_truth(spatial_full: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
-    """log1p(counts / cell total × 1e4) of the hidden genes; totals over all measured genes."""
-    return target_expression(spatial_full, genes)
-
-
 def score_imputation(pred: ad.AnnData, spatial_full: ad.AnnData, genes: Sequence[str]) -> pd.DataFrame:
     """Li et al. 2022 metrics per gene: PCC, SSIM, z-scored RMSE, JS divergence."""
     from stfusion import metrics as M
 
-    truth = imputation_truth(spatial_full, genes)
+    truth = target_expression(spatial_full, genes)  # log1p cp10k; totals over all measured genes
     p = _aligned(pred, spatial_full.obs_names, genes)
     table = {
         "pearson": _zero_where(M.pearson(truth, p), _uninformative(truth, p)),
