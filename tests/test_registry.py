@@ -19,3 +19,10 @@ def test_unknown_method_lists_available():
     with pytest.raises(StfusionError, match="constant"):
         get("no-such-method")
     assert "constant" in available()
+
+
+def test_package_level_lookup():
+    import stfusion.models as models
+
+    assert models.get("histogene") is get("histogene")
+    assert models.available() == available()

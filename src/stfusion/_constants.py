@@ -53,6 +53,11 @@ SOURCE = "source"
 LAYER_COUNTS = "counts"
 LAYER_PRED_SD = "sd"
 
+# uns["stfusion"] of a super-resolved grid prediction (e.g. HisToGene's predict_super_resolution)
+SUPERRES = "superres"  # dict: factor, subpatch_px, subpatch_um, ...
+SUPERRES_FACTOR = "factor"  # sub-patches per spot area (4, 9, 25)
+SUPERRES_SUBPATCH_PX = "subpatch_px"  # side of one grid cell, full-resolution pixels
+
 # physical constants of the platforms (µm)
 VISIUM_SPOT_DIAMETER_UM = 55.0
 VISIUM_SPOT_SPACING_UM = 100.0
@@ -75,3 +80,12 @@ COORDINATE_UNITS = "coordinate_units"  # uns["stfusion"]: units of obsm["spatial
 SYNTHETIC = "synthetic"  # uns key: per-pixel ground truth of a synthetic section
 AREA_BBOX = "area_bbox"  # obsm key: (x0, y0, x1, y1) half-open pixel box of each measurement area
 LAYER_EXPECTED = "expected"  # layer: expected counts (Poisson means) of each area / cell
+
+# measurement areas and probabilistic predictions (XFuse, stfusion.models.xfuse)
+AREA_CENTRES = "area_centres"  # obsm key: (n_obs, 2k) x, y of k discs (spot diameter) whose union is the area; NaN padded
+LAYER_MEAN_COUNTS = "mean_counts"  # layer: posterior mean of the expected counts (nu) of each area
+LAYER_SD_COUNTS = "sd_counts"  # layer: posterior SD of the expected counts of each area
+GRID_UM = "grid_um"  # uns["stfusion"] of a grid prediction: side of one grid cell, µm
+GRID_SHAPE = "grid_shape"  # uns["stfusion"] of a grid prediction: (rows, columns) of the full grid
+GRID_ROW = "grid_row"  # obs column of a grid prediction: row of the cell in the grid
+GRID_COL = "grid_col"  # obs column of a grid prediction: column of the cell in the grid

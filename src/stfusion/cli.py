@@ -209,11 +209,12 @@ def show_cmd(
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_output"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    xfuse: Annotated[bool, typer.Option("--xfuse/--no-xfuse", help="Also fit XFuse on it (1-2 min) and score the maps.")] = True,
 ) -> None:
-    """Run the built-in example: a synthetic section, read back and plotted."""
+    """Run the built-in example: a synthetic section, plotted, and XFuse's proof of principle on it."""
     from stfusion.demo import run_demo
 
-    run_demo(out, seed=seed)
+    run_demo(out, seed=seed, xfuse=xfuse)
 
 
 # ----------------------------------------------------------------------------- models
@@ -245,8 +246,12 @@ def fit_cmd(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="Hyperparameter key=value (repeatable).")] = [],  # noqa: B006
+    covariate: Annotated[
+        list[str], typer.Option("--covariate", help="NAME=V1,V2,... one value per section, in order (repeatable; XFuse).")
+    ] = [],  # noqa: B006
 ) -> None:
     """Fit a model on sections and save it (weights + JSON model card)."""
+    from stfusion.cli_xfuse import fit_with_covariates, parse_covariates
     from stfusion.io import read_h5ad
     from stfusion.models.api import fit, save_model
 
@@ -254,7 +259,12 @@ def fit_cmd(
     for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed)):
         if value is not None:
             params[key] = value
-    model = fit(method, [read_h5ad(p) for p in sections], genes=_genes_spec(genes), **params)
+    data = [read_h5ad(p) for p in sections]
+    covariates = parse_covariates(covariate, len(data))
+    if covariates is None:
+        model = fit(method, data, genes=_genes_spec(genes), **params)
+    else:
+        model = fit_with_covariates(method, data, _genes_spec(genes), covariates, params)
     save_model(model, out)
     logging.getLogger("stfusion").info(f"wrote {out} ({method}, {len(model.genes_)} genes)")
 
@@ -269,13 +279,21 @@ def predict_cmd(
     super_resolution: Annotated[
         Optional[int], typer.Option("--super-resolution", help="Sub-patches per spot area (4, 9, 25) for models with super-resolution.")
     ] = None,
+    grid_um: Annotated[Optional[float], typer.Option("--grid-um", help="Predict a grid of cells this size (µm) over the tissue; also writes OME-TIFF + PNGs.")] = None,
+    mask: Annotated[list[Path], typer.Option("--mask", help="Predict this annotated area (PNG/NPY at full resolution; repeatable).")] = [],  # noqa: B006
+    genes: Annotated[Optional[str], typer.Option(help="Genes to predict: file or comma-separated names.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Monte Carlo samples (models with uncertainty).")] = None,
 ) -> None:
     """Predict expression for a section's spots, or tile an H&E-only slide (--image)."""
+    from stfusion.cli_xfuse import predict_extended
     from stfusion.io import read_h5ad, write_h5ad
     from stfusion.models.api import load_model
 
     model = load_model(model_dir)
-    if image is not None:
+    extended = grid_um is not None or mask or genes is not None or samples is not None
+    if section is not None and extended:
+        pred = predict_extended(model, section, out, grid_um=grid_um, masks=mask, genes=genes, samples=samples)
+    elif image is not None:
         if microns_per_pixel is None:
             raise typer.BadParameter("--image needs --microns-per-pixel (the slide's scale).")
         if not hasattr(model, "predict_image"):
@@ -352,6 +370,15 @@ def methods_cmd() -> None:
         flags = ["yes" if getattr(cls, f, False) else "no" for f in ("has_uncertainty", "has_super_resolution")]
         table.add_row(name, getattr(cls, "input_kind", "?"), *flags, getattr(cls, "description", ""))
     _console().print(table)
+
+
+from stfusion.cli_report import report_cmd  # noqa: E402
+from stfusion.cli_xfuse import de_cmd  # noqa: E402
+from stfusion.cli_impute import impute_cmd  # noqa: E402
+
+app.command("report")(report_cmd)
+app.command("de")(de_cmd)
+app.command("impute")(impute_cmd)
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -43,3 +43,7 @@ class ScaleError(SectionError):
 
 class InputFileError(StfusionError, FileNotFoundError):
     """An input file or folder is missing or has the wrong layout."""
+
+
+class OptionalDependencyError(StfusionError, ImportError):
+    """A method needs an optional package that is not installed (the message names the extra to install)."""

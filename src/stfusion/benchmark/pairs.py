@@ -52,8 +52,9 @@ def merge_neighbour_pairs(section: ad.AnnData, seed: int = 0) -> tuple[ad.AnnDat
     """Merge neighbouring spots into pairs by summing counts.
 
     Returns the merged section (one observation per pair, at the pair's midpoint; obs
-    ``member_a``/``member_b`` name the component spots) and the pair table. Spots left
-    single are dropped from the merged section.
+    ``member_a``/``member_b`` name the component spots; ``obsm["area_centres"]`` holds the
+    two member centres, x_a, y_a, x_b, y_b, so the measured area is the union of the two
+    spot discs) and the pair table. Spots left single are dropped from the merged section.
     """
     pairs = neighbour_pairs(np.asarray(section.obsm[K.SPATIAL]), seed=seed)
     x = sparse.csr_matrix(section.X)
@@ -66,6 +67,7 @@ def merge_neighbour_pairs(section: ad.AnnData, seed: int = 0) -> tuple[ad.AnnDat
     merged = ad.AnnData(X=merged_x, obs=table.copy(), var=section.var.copy())
     xy = np.asarray(section.obsm[K.SPATIAL], dtype=float)
     merged.obsm[K.SPATIAL] = (xy[pairs[:, 0]] + xy[pairs[:, 1]]) / 2
+    merged.obsm[K.AREA_CENTRES] = np.hstack([xy[pairs[:, 0]], xy[pairs[:, 1]]])  # the area: both members' discs
     merged.uns = {k: v for k, v in section.uns.items()}
     return merged, table
 

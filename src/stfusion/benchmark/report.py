@@ -97,7 +97,8 @@ def imputation_summary(genes: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFra
         mean = df.pivot_table(index="method", columns="metric", values="value", aggfunc="mean").rename(columns=names)
         table = med[list(names.values())].add_prefix("median ")
         table["AS"] = accuracy_score(mean[list(names.values())])
-        t = timings[timings.dataset == dataset].groupby("method").agg(seconds=("seconds", "sum"), peak_rss_mb=("peak_rss_mb", "max"))
+        t = timings[timings.dataset == dataset].groupby("method").agg(
+            seconds=("seconds", "sum"), peak_rss_mb=("peak_rss_mb", "max"), rss_increase_mb=("rss_increase_mb", "max"))
         out.append(table.join(t).assign(dataset=dataset).reset_index())
     return pd.concat(out, ignore_index=True)
 
@@ -147,6 +148,15 @@ def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines)
 
 
+def _not_run(run_dir: Path) -> list[str]:
+    """Summary lines for methods the runner could not run (an optional package missing)."""
+    path = run_dir / "skipped.json"
+    skipped = json.loads(path.read_text()) if path.exists() else {}
+    if not skipped:
+        return []
+    return ["## Not run", "", *[f"- {method}: {why}" for method, why in skipped.items()], ""]
+
+
 def write_outputs(run_dir: str | Path) -> dict[str, Path]:
     """per_gene.csv, timings.csv, summary.csv, summary.md and boxplots."""
     run_dir = Path(run_dir)
@@ -169,6 +179,7 @@ def write_outputs(run_dir: str | Path) -> dict[str, Path]:
         parts.append(imp)
         for dataset, df in imp.groupby("dataset"):
             md += [f"## {dataset} (gene_kfold)", "", _markdown(df.drop(columns="dataset").sort_values("AS", ascending=False)), ""]
+    md += _not_run(run_dir)
     paths["summary_csv"] = run_dir / "summary.csv"
     pd.concat(parts, ignore_index=True).to_csv(paths["summary_csv"], index=False)
     paths["summary_md"] = run_dir / "summary.md"

@@ -196,6 +196,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, progress: bool = Tru
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.resolved.json").write_text(json.dumps({**cfg.as_dict(), "environment": _environment()}, indent=2))
+    skipped: dict[str, str] = {}  # method label -> why it could not run
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -204,9 +205,24 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, progress: bool = Tru
             cells = plan_cells(cfg, dataset, iter_folds(dataset, data, cfg.seed))
             task = bar.add_task(dataset.name, total=len(cells))
             for cell in cells:
-                if not (out / "cells" / f"{cell.key}.csv").exists():
+                if not (out / "cells" / f"{cell.key}.csv").exists() and cell.method.display not in skipped:
                     bar.update(task, description=f"{dataset.name}: {cell.method.display} {cell.fold.name}")
-                    run_cell(cell, cfg, data, out)
+                    _run_or_skip(cell, cfg, data, out, skipped)
                 bar.advance(task)
+    (out / SKIPPED_FILE).write_text(json.dumps(skipped, indent=2))
     write_outputs(out)
     return out
+
+
+SKIPPED_FILE = "skipped.json"
+
+
+def _run_or_skip(cell: Cell, cfg: BenchmarkConfig, data: Any, out: Path, skipped: dict[str, str]) -> None:
+    """Run a cell; a method whose optional package is missing is recorded as not run, and the run goes on."""
+    from stfusion.errors import OptionalDependencyError
+
+    try:
+        run_cell(cell, cfg, data, out)
+    except OptionalDependencyError as exc:
+        skipped[cell.method.display] = str(exc)
+        log.warning(f"{cell.method.display} not run: {exc}")

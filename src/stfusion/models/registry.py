@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "stnet": "stfusion.models.stnet.model:STNet",
     "spaim": "stfusion.models.spaim.model:SpaIM",
     "histogene": "stfusion.models.histogene.model:HisToGene",
+    "xfuse": "stfusion.models.xfuse.model:XFuse",
     # histology / spatial baselines
     "constant": "stfusion.baselines.interpolation:ConstantBaseline",
     "nearest_neighbour": "stfusion.baselines.interpolation:NearestNeighbourBaseline",
@@ -27,6 +28,8 @@ REGISTRY: dict[str, str] = {
     "colour_texture_ridge": "stfusion.baselines.image_regression:ColourTextureRidgeBaseline",
     # imputation from a single-cell reference
     "knn_reference": "stfusion.baselines.knn_reference:KNNReferenceImputer",
+    "tangram": "stfusion.baselines.peers:TangramImputer",
+    "gimvi": "stfusion.baselines.peers:GimVIImputer",
 }
 
 

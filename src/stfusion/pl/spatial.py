@@ -15,6 +15,7 @@ from matplotlib.patches import Circle, Rectangle  # noqa: E402
 from stfusion import _constants as K  # noqa: E402
 from stfusion.data.section import microns_per_pixel, spatial_info  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
+from stfusion.pl.style import add_scale_bar, styled  # noqa: E402
 
 
 def _spot_values(section: ad.AnnData, gene: str | None) -> tuple[np.ndarray, str]:
@@ -46,17 +47,6 @@ def _best_image(lib: dict) -> tuple[np.ndarray, float]:
     return img, float(scalef)
 
 
-def _scale_bar(ax, image_width_px: float, um_per_display_px: float) -> None:
-    target_um = image_width_px * um_per_display_px / 5
-    nice = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-    length_um = max([n for n in nice if n <= target_um] or [nice[0]])
-    length_px = length_um / um_per_display_px
-    x0, y0 = image_width_px * 0.05, ax.get_ylim()[0] * 0.95
-    ax.plot([x0, x0 + length_px], [y0, y0], color="black", lw=3)
-    label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
-    ax.text(x0 + length_px / 2, y0 * 0.985, label, ha="center", va="bottom", fontsize=8)
-
-
 def _spot_patches(section: ad.AnnData, xy: np.ndarray, radius: float, scalef: float) -> list:
     """Circles at the spot diameter, or the measurement rectangles when the section stores them."""
     if K.AREA_BBOX in section.obsm:
@@ -65,6 +55,7 @@ def _spot_patches(section: ad.AnnData, xy: np.ndarray, radius: float, scalef: fl
     return [Circle((x, y), radius) for x, y in xy]
 
 
+@styled
 def spot_overlay(
     section: ad.AnnData,
     gene: str | None = None,
@@ -91,7 +82,7 @@ def spot_overlay(
     circles.set_array(values)
     ax.add_collection(circles)
     fig.colorbar(circles, ax=ax, fraction=0.046, pad=0.04, label=label)
-    _scale_bar(ax, img.shape[1], microns_per_pixel(section) / scalef)
+    add_scale_bar(ax, microns_per_pixel(section) / scalef)
     sid = section.uns.get(K.STFUSION, {}).get(K.SECTION_ID, "")
     ax.set_title(f"{sid}  ({section.n_obs} spots)")
     ax.set_axis_off()

@@ -1,0 +1,138 @@
+"""Command-line pieces for models with areas, grids and uncertainty (XFuse).
+
+``stfusion fit ... --covariate NAME=V1,V2,...`` (one value per section, in order),
+``stfusion predict ... --grid-um / --mask / --genes / --samples`` and ``stfusion de``.
+Registered from :mod:`stfusion.cli`; torch is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+
+from stfusion.errors import StfusionError
+
+log = logging.getLogger("stfusion")
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_covariates(items: list[str], n_sections: int) -> list[dict[str, str]] | None:
+    """``["batch=a,b", "slide=1,1"]`` -> one ``{name: value}`` dict per section."""
+    if not items:
+        return None
+    out: list[dict[str, str]] = [{} for _ in range(n_sections)]
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--covariate expects NAME=V1,V2,... (one value per section), got {item!r}.")
+        name, values = item.split("=", 1)
+        vals = [v.strip() for v in values.split(",")]
+        if len(vals) != n_sections:
+            raise typer.BadParameter(
+                f"--covariate {name} has {len(vals)} values for {n_sections} sections; give one per section, in order."
+            )
+        for d, v in zip(out, vals, strict=True):
+            d[name.strip()] = v
+    return out
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A boolean full-resolution mask from a PNG/TIFF/JPEG (non-zero = inside) or .npy file."""
+    if not path.is_file():
+        raise StfusionError(f"Mask file not found: {path}.")
+    if path.suffix.lower() == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    else:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        arr = np.asarray(Image.open(path).convert("L"))
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise StfusionError(f"Mask {path} must be a 2-D image or array, got shape {arr.shape}.")
+    if not (arr > 0).any():
+        raise StfusionError(f"Mask {path} is empty (no non-zero pixel).")
+    return arr > 0
+
+
+def gene_names(spec: Optional[str]) -> list[str] | None:
+    """Genes to predict: a file (one name per line, or .npy) or comma-separated names."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        from stfusion.data.genes import read_gene_list
+
+        return list(read_gene_list(path))
+    return [g.strip() for g in spec.split(",") if g.strip()]
+
+
+# ----------------------------------------------------------------------------- fit / predict
+def fit_with_covariates(method: str, sections: list, genes: Any, covariates: list[dict], params: dict) -> Any:
+    """Create and fit a model that takes per-section covariates."""
+    import inspect
+
+    from stfusion.data.genes import resolve_genes
+    from stfusion.models.api import create
+
+    model = create(method, **params)
+    if "covariates" not in inspect.signature(model.fit).parameters:
+        raise typer.BadParameter(f"{method} takes no covariates; drop --covariate.")
+    gene_list = list(resolve_genes(genes, sections)) if genes is not None else None
+    return model.fit(sections, genes=gene_list, covariates=covariates)
+
+
+def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Optional[float], masks: list[Path],
+                     genes: Optional[str], samples: Optional[int]):
+    """Predict with the area/grid/gene/sample options; a grid also writes OME-TIFF stacks + PNGs next to ``out``."""
+    from stfusion.io import read_h5ad
+
+    if not hasattr(model, "predict_grid"):
+        raise typer.BadParameter(f"{type(model).__name__} does not take --grid-um/--mask/--genes/--samples.")
+    if grid_um is not None and masks:
+        raise typer.BadParameter("Give either --grid-um or --mask, not both.")
+    section = read_h5ad(section_path)
+    kw = {"genes": gene_names(genes), "samples": samples}
+    if grid_um is not None:
+        pred = model.predict_grid(section, grid_um=grid_um, **kw)
+        from stfusion.models.xfuse.outputs import write_image_stack
+
+        stack = out.with_name(out.name.split(".")[0] + ".ome.tif")
+        written = write_image_stack(pred, stack)
+        log.info("wrote %s", ", ".join(str(p) for p in written.values()))
+        return pred
+    if masks:
+        return model.predict_masks(section, {p.stem: read_mask(p) for p in masks}, **kw)
+    return model.predict(section, **kw)
+
+
+# ----------------------------------------------------------------------------- de
+def de_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `stfusion fit` (a model with uncertainty).")],
+    section: Annotated[Path, typer.Argument(help="Section .h5ad (its image is used).")],
+    area_a: Annotated[Path, typer.Option("--area-a", help="Mask of area A (PNG/NPY at full resolution).")],
+    area_b: Annotated[Path, typer.Option("--area-b", help="Mask of area B (PNG/NPY at full resolution).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV.")] = Path("de.csv"),
+    samples: Annotated[Optional[int], typer.Option(help="Monte Carlo samples.")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Gene file or comma-separated names (default: all).")] = None,
+) -> None:
+    """Differential expression between two areas: posterior log2 fold changes, ranked by |mean|/SD."""
+    from stfusion.io import read_h5ad
+    from stfusion.io.atomic import atomic_path
+    from stfusion.models.api import load_model
+
+    model = load_model(model_dir)
+    if not hasattr(model, "differential_expression"):
+        raise typer.BadParameter(f"{type(model).__name__} has no posterior to compare areas with.")
+    table = model.differential_expression(read_h5ad(section), read_mask(area_a), read_mask(area_b),
+                                          samples=samples, genes=gene_names(genes))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp)
+    top = table.head(5)
+    log.info("wrote %s (%d genes); top: %s", out, len(table),
+             ", ".join(f"{g} {r.log2fc_mean:+.2f}" for g, r in top.iterrows()))

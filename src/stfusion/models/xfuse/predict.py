@@ -1,0 +1,248 @@
+"""Monte Carlo prediction over the variational posterior.
+
+Every prediction is a set of *areas*, each a non-negative weight per working pixel (a
+sparse areas x pixels matrix ``W``): spot discs or boxes (weight 1 for member pixels, as in
+training), annotation masks (the fraction of each working pixel the full-resolution mask
+covers), or cells of a regular grid (:func:`grid_weights`). For each of N posterior samples
+(Z from q(Z | image), L/E/F from their posteriors) the per-pixel ``s * a`` maps are summed
+under each area, ``A_n = W @ (s a)_n`` (areas x metagenes), and the conditional mean
+expression is ``nu_n = A_n @ exp(L_n) * exp(t + beta E_n + u + beta F_n)`` (areas x genes).
+Genes enter only after ``A``, so memory grows with areas x genes, and gene chunks bound it
+further.
+
+The network runs over the bounding box of the tissue and the areas (plus a margin) in
+tiles of ``tile_px`` working pixels with ``context_px`` of surrounding image each side, so
+slides of any size predict in bounded memory. The encoder runs once per tile; each sample
+runs the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from stfusion.models.xfuse.data import SectionData
+from stfusion.models.xfuse.likelihood import ExpressionModel
+from stfusion.models.xfuse.nn import XFuseNet
+from stfusion.models.xfuse.sampling import image_tensor, to_model_range
+
+TARGET_SUM = 1e4
+TILE_PX = 512
+CONTEXT_PX = 64
+GENE_CHUNK = 128
+
+
+@dataclass
+class Draws:
+    """N posterior samples of the area sums and the global parameters."""
+
+    A: np.ndarray  # (N, areas, M) float32
+    weights: torch.Tensor  # (N, M, G): exp(L_n) * exp(offset_n + logit_n), nu_n = A_n @ weights_n
+    totals_per_metagene: np.ndarray  # (N, M): weights summed over the modelled genes
+
+
+def _region(data: SectionData, W: sparse.csr_matrix, margin: int) -> tuple[int, int, int, int]:
+    """Rows/columns bounding the tissue and every pixel with weight, plus ``margin``."""
+    h, w = data.shape
+    used = np.zeros(h * w, dtype=bool)
+    used[np.unique(W.indices)] = True
+    used |= data.tissue.ravel()
+    if not used.any():
+        used[:] = True
+    ii, jj = np.divmod(np.flatnonzero(used), w)
+    return (max(0, ii.min() - margin), min(h, ii.max() + 1 + margin), max(0, jj.min() - margin), min(w, jj.max() + 1 + margin))
+
+
+def _tiles(i0: int, i1: int, j0: int, j1: int, tile: int) -> list[tuple[int, int, int, int]]:
+    return [(a, min(a + tile, i1), b, min(b + tile, j1)) for a in range(i0, i1, tile) for b in range(j0, j1, tile)]
+
+
+def _input(image01: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+    """(1, 3, i1-i0, j1-j0) crop in model range, white outside the image."""
+    _, h, w = image01.shape
+    out = torch.ones(3, i1 - i0, j1 - j0)
+    a0, a1, b0, b1 = max(i0, 0), min(i1, h), max(j0, 0), min(j1, w)
+    out[:, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = image01[:, a0:a1, b0:b1]
+    return to_model_range(out)[None]
+
+
+def _tile_maps(net: XFuseNet, image01: torch.Tensor, tiles, n_samples: int, active: torch.Tensor,
+               gen: torch.Generator | None, mean: bool = False):
+    """Yield (tile, sample index, s (h, w), a (M, h, w)) for every tile and sample."""
+    c = CONTEXT_PX
+    for ti in tiles:
+        i0, i1, j0, j1 = ti
+        x = _input(image01, i0 - c, i1 + c, j0 - c, j1 + c)
+        latents = net.encode(x)
+        for n in range(n_samples):
+            feats = net.features(latents.sample(gen, mean=mean))
+            core = (slice(None), slice(None), slice(c, c + i1 - i0), slice(c, c + j1 - j0))
+            s = net.scale(feats)[core][0, 0]
+            a = net.activities(feats, active)[core][0]
+            yield ti, n, s, a
+
+
+@torch.no_grad()
+def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: sparse.csr_matrix,
+               n_samples: int, seed: int, *, tile_px: int = TILE_PX, mean: bool = False) -> Draws:
+    """Area sums ``A`` and global draws for ``n_samples`` posterior samples (``mean``: posterior means)."""
+    net.eval()
+    g_global = torch.Generator().manual_seed(int(seed))
+    g_latent = torch.Generator().manual_seed(int(seed) + 7919)
+    beta = torch.from_numpy(np.asarray(data.beta, dtype=np.float32))
+    weights, totals = [], []
+    for _ in range(n_samples):
+        draw = expr.sample(g_global, mean=mean)
+        offset, logit = expr.log_rate_and_logit(draw, beta)
+        wt = torch.exp(draw["L"]) * torch.exp(offset + logit)
+        weights.append(wt)
+        totals.append(wt.sum(1).numpy())
+    m = expr.n_active
+    A = np.zeros((n_samples, W.shape[0], m), dtype=np.float32)
+    i0, i1, j0, j1 = _region(data, W, margin=CONTEXT_PX)
+    h, w = data.shape
+    Wc = W.tocsc()
+    image01 = image_tensor(data.image)
+    for (a0, a1, b0, b1), n, s, act in _tile_maps(net, image01, _tiles(i0, i1, j0, j1, tile_px), n_samples,
+                                                  expr.active, g_latent, mean):
+        rows = np.arange(a0, a1)[:, None] * w + np.arange(b0, b1)[None, :]
+        sub = Wc[:, rows.ravel()]
+        if sub.nnz == 0:
+            continue
+        sa = (s[None] * act).reshape(act.shape[0], -1).T.numpy()  # pixels x M
+        A[n] += np.asarray(sub @ sa, dtype=np.float32)
+    return Draws(A, torch.stack(weights), np.stack(totals))
+
+
+def expected_counts(draws: Draws, genes: np.ndarray | None = None) -> np.ndarray:
+    """nu samples (N, areas, genes) for gene indices ``genes`` (default all)."""
+    wt = draws.weights if genes is None else draws.weights[:, :, genes]
+    return np.stack([draws.A[n] @ wt[n].numpy() for n in range(draws.A.shape[0])]).astype(np.float32)
+
+
+def summarize(draws: Draws, genes: np.ndarray, modelled_fraction: float) -> dict[str, np.ndarray]:
+    """Posterior means and SDs per area and gene of ``nu`` and of log1p(nu / total x 1e4).
+
+    ``total`` (per sample and area) = sum of nu over all modelled genes / ``modelled_fraction``
+    (the training share of counts the modelled genes hold), an estimate of the total over
+    all genes. Computed in gene chunks (memory: areas x chunk).
+    """
+    n, n_areas, _ = draws.A.shape
+    totals = np.einsum("nam,nm->na", draws.A, draws.totals_per_metagene) / float(modelled_fraction)
+    totals = np.maximum(totals, 1e-12)
+    out = {k: np.empty((n_areas, len(genes)), dtype=np.float32) for k in ("mean", "sd", "mean_counts", "sd_counts")}
+    for c0 in range(0, len(genes), GENE_CHUNK):
+        idx = genes[c0 : c0 + GENE_CHUNK]
+        s1 = np.zeros((n_areas, len(idx))), np.zeros((n_areas, len(idx)))
+        s2 = np.zeros((n_areas, len(idx))), np.zeros((n_areas, len(idx)))
+        for k in range(n):
+            nu = (draws.A[k] @ draws.weights[k][:, idx].numpy()).astype(np.float64)
+            y = np.log1p(nu / totals[k][:, None] * TARGET_SUM)
+            for acc, v in ((0, nu), (1, y)):
+                s1[acc][:] += v
+                s2[acc][:] += v * v
+        sl = slice(c0, c0 + len(idx))
+        for acc, (mk, sk) in enumerate((("mean_counts", "sd_counts"), ("mean", "sd"))):
+            mu = s1[acc] / n
+            out[mk][:, sl] = mu
+            out[sk][:, sl] = np.sqrt(np.maximum(s2[acc] / n - mu**2, 0.0) * (n / max(n - 1, 1)))
+    return out
+
+
+# --------------------------------------------------------------------------- grids
+@dataclass
+class Grid:
+    """Cells of side ``grid_um`` over a section: ``rc`` (cells x 2: row, col), ``shape`` of the full grid."""
+
+    grid_um: float
+    rc: np.ndarray
+    shape: tuple[int, int]
+    W: sparse.csr_matrix
+
+    def centres_px(self, mpp: float) -> np.ndarray:
+        """Cell centres (x, y) in full-resolution pixels."""
+        return (self.rc[:, ::-1] + 0.5) * self.grid_um / float(mpp)
+
+
+def grid_weights(data: SectionData, grid_um: float, tissue_only: bool = True) -> Grid:
+    """Cells of ``grid_um`` µm and their weights over the working pixels.
+
+    Cells no smaller than a working pixel sum the pixels whose centres they hold; smaller
+    cells interpolate the per-µm² density bilinearly and multiply by the cell area. With
+    ``tissue_only`` only cells on tissue are kept (majority of member pixels, or the
+    nearest pixel, is tissue).
+    """
+    h, w = data.shape
+    rx, ry = data.mpp / data.fx, data.mpp / data.fy  # µm per working pixel
+    g = float(grid_um)
+    shape = (int(np.ceil(data.fullres_hw[0] * data.mpp / g)), int(np.ceil(data.fullres_hw[1] * data.mpp / g)))
+    if g >= min(rx, ry):
+        ii, jj = np.mgrid[0:h, 0:w]
+        rows = np.minimum(((ii + 0.5) * ry // g).astype(np.int64), shape[0] - 1).ravel()
+        cols = np.minimum(((jj + 0.5) * rx // g).astype(np.int64), shape[1] - 1).ravel()
+        cell = rows * shape[1] + cols
+        tissue = np.bincount(cell, weights=data.tissue.ravel(), minlength=shape[0] * shape[1])
+        count = np.bincount(cell, minlength=shape[0] * shape[1])
+        keep = np.flatnonzero((count > 0) & ((tissue >= 0.5 * count) if tissue_only else True))
+        index = np.full(shape[0] * shape[1], -1, dtype=np.int64)
+        index[keep] = np.arange(len(keep))
+        sel = index[cell] >= 0
+        W = sparse.csr_matrix((np.ones(int(sel.sum()), np.float32), (index[cell][sel], np.flatnonzero(sel))),
+                              shape=(len(keep), h * w))
+        return Grid(g, np.stack(np.divmod(keep, shape[1]), axis=1), shape, W)
+    return _interpolated_grid(data, g, shape, rx, ry, tissue_only)
+
+
+def _interpolated_grid(data: SectionData, g: float, shape, rx: float, ry: float, tissue_only: bool) -> Grid:
+    h, w = data.shape
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
+    y = (rr.ravel() + 0.5) * g / ry - 0.5  # cell centre in working-pixel index coordinates
+    x = (cc.ravel() + 0.5) * g / rx - 0.5
+    near = np.clip(np.round(y), 0, h - 1).astype(np.int64) * w + np.clip(np.round(x), 0, w - 1).astype(np.int64)
+    keep = np.flatnonzero(data.tissue.ravel()[near]) if tissue_only else np.arange(rr.size)
+    y, x = np.clip(y[keep], 0, h - 1), np.clip(x[keep], 0, w - 1)
+    y0, x0 = np.minimum(np.floor(y).astype(np.int64), h - 2 if h > 1 else 0), np.minimum(np.floor(x).astype(np.int64), w - 2 if w > 1 else 0)
+    dy, dx = y - y0, x - x0
+    area = g * g / (rx * ry)
+    rows, cols, vals = [], [], []
+    for oy, ox, wt in ((0, 0, (1 - dy) * (1 - dx)), (0, 1, (1 - dy) * dx), (1, 0, dy * (1 - dx)), (1, 1, dy * dx)):
+        rows.append(np.arange(len(keep)))
+        cols.append(np.minimum(y0 + oy, h - 1) * w + np.minimum(x0 + ox, w - 1))
+        vals.append(wt * area)
+    W = sparse.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(len(keep), h * w))
+    return Grid(g, np.stack([rr.ravel()[keep], cc.ravel()[keep]], axis=1), shape, W)
+
+
+def mask_weights(data: SectionData, masks: list[np.ndarray]) -> sparse.csr_matrix:
+    """Areas x working pixels: the fraction of each pixel each full-resolution mask covers."""
+    from stfusion.errors import StfusionError
+    from stfusion.models.xfuse.data import mask_fraction
+
+    rows = []
+    for k, m in enumerate(masks):
+        m = np.asarray(m)
+        if m.shape[:2] != tuple(data.fullres_hw):
+            raise StfusionError(
+                f"Mask {k} is {m.shape[1]}x{m.shape[0]} px but the section's full-resolution image is "
+                f"{data.fullres_hw[1]}x{data.fullres_hw[0]} px; draw masks on the full-resolution image."
+            )
+        frac = mask_fraction(m.astype(bool) if m.ndim == 2 else m[..., 0] > 0, data.shape).ravel()
+        rows.append(sparse.csr_matrix(frac[None]))
+    return sparse.vstack(rows).tocsr() if rows else sparse.csr_matrix((0, data.shape[0] * data.shape[1]))
+
+
+@torch.no_grad()
+def mean_maps(net: XFuseNet, expr: ExpressionModel, data: SectionData) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Posterior-mean scale (h', w') and activities (M, h', w') over the tissue region box."""
+    i0, i1, j0, j1 = data.region_box(margin=4)
+    s_map = np.zeros((i1 - i0, j1 - j0), dtype=np.float32)
+    a_map = np.zeros((expr.n_active, i1 - i0, j1 - j0), dtype=np.float32)
+    tiles = _tiles(i0, i1, j0, j1, TILE_PX)
+    for (a0, a1, b0, b1), _, s, act in _tile_maps(net, image_tensor(data.image), tiles, 1, expr.active, None, mean=True):
+        s_map[a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = s.numpy()
+        a_map[:, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = act.numpy()
+    return s_map, a_map, (i0, i1, j0, j1)

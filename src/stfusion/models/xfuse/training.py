@@ -1,0 +1,158 @@
+"""XFuse's training loop.
+
+Why not :func:`stfusion.train.loop.fit` (the shared Lightning loop): XFuse trains on an
+endless stream of randomly placed, randomly transformed patches (there is no epoch of a
+fixed dataset to shuffle), counts progress in optimisation steps, and changes the model
+between steps (metagene drop-and-split switches metagenes on and off and edits the
+optimiser's moment estimates). Those fit the shared loop's epoch/DataLoader design badly, so
+this loop keeps the parts that matter and does them the same way: seeding through
+:func:`stfusion.train.seed.seed_everything` (and seeded numpy/torch generators for the
+patches), a progress bar (rich; ``progress=False`` prints nothing), a wall-clock budget
+(``max_time_s``) and a per-step history of the loss and its terms.
+
+Objective: the single-sample reparameterised ELBO of all training sections, estimated from a
+mini-batch of B patches as ``w * sum_b [log p(counts_b) + log p(image_b) - KL(q(Z_b) || p(Z))]
+- KL(q(L, E, F) || p(L, E, F))`` with ``w`` = (patches covering the sampled tissue of all
+sections) / B. The loss is ``-ELBO / N`` with ``N`` the number of sampled pixels, so
+learning rates do not depend on the section size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from stfusion.models.xfuse.likelihood import ExpressionModel
+from stfusion.models.xfuse.metagenes import area_sums, drop_and_split
+from stfusion.models.xfuse.nn import XFuseNet
+from stfusion.models.xfuse.sampling import Batch, PatchSampler
+
+log = logging.getLogger("stfusion")
+_LOG_2PI = float(np.log(2 * np.pi))
+IMAGE_SD_LR_FACTOR = 0.1
+GRAD_CLIP = 10.0  # global gradient-norm clip of the per-pixel loss (guards against rare spikes)
+
+
+def elbo_terms(net: XFuseNet, expr: ExpressionModel, batch: Batch, weight: float,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """ELBO and its terms for one mini-batch (see the module docstring)."""
+    latents = net.encode(batch.image)
+    feats = net.features(latents.sample(generator))
+    mu, sd = net.image_params(feats)
+    ll_img = ((-0.5 * ((batch.image - mu) / sd) ** 2 - torch.log(sd) - 0.5 * _LOG_2PI) * batch.valid).sum()
+    kl_z = latents.kl(batch.valid).sum()
+    sa = net.scale(feats) * net.activities(feats, expr.active)
+    draw = expr.sample(generator)
+    ll_expr = sa.new_zeros(())
+    for b in range(sa.shape[0]):
+        A = area_sums(sa[b], batch.labels[b], batch.counts[b].shape[0])
+        ll_expr = ll_expr + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b])
+    kl_global = expr.kl()
+    elbo = weight * (ll_expr + ll_img - kl_z) - kl_global
+    return {"elbo": elbo, "expr_loglik": weight * ll_expr, "image_loglik": weight * ll_img,
+            "kl_z": weight * kl_z, "kl_global": kl_global}
+
+
+def make_optimizer(net: XFuseNet, expr: ExpressionModel, lr: float, expr_lr: float,
+                   image_sd_lr_factor: float = IMAGE_SD_LR_FACTOR) -> torch.optim.Adam:
+    """Adam: ``expr_lr`` for the expression parameters (L, E, F, their prior SDs) and the
+    expression heads (the 1x1 convolutions giving the scale and the metagene logits); ``lr``
+    for the networks and the gene baselines t and u; ``lr * image_sd_lr_factor`` for the
+    image-SD head.
+
+    The expression heads learn from a few hundred spots only; at the networks' rate they
+    take thousands of steps to map features to metagenes, at ``expr_lr`` about a hundred.
+    The baselines stay slow: early on, while the image representation is still poor, a
+    fast NB logit ``u`` would run to a nearly flat likelihood for genes not yet explained
+    (``r`` -> 0, p -> 1), which then stops them from ever being learned. A slower image-SD
+    head keeps the image likelihood from being improved mostly by shrinking the SD where
+    the mean is already right (the background) and inflating it elsewhere, which starves the
+    mean, and so the latent representation, of gradient early on.
+    """
+    heads = [*net.scale_head.parameters(), *net.metagene_head.parameters()]
+    sd_head = list(net.image_sd_head.parameters())
+    ids = {id(p) for p in heads + sd_head}
+    rest = [p for p in net.parameters() if id(p) not in ids]
+    baselines = [expr.t, expr.u]
+    fast = [p for name, p in expr.named_parameters() if name not in ("t", "u")]
+    return torch.optim.Adam([{"params": rest + baselines, "lr": lr}, {"params": sd_head, "lr": lr * image_sd_lr_factor},
+                             {"params": [*heads, *fast], "lr": expr_lr}])
+
+
+def _progress(enabled: bool, total: int):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("XFuse"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), TextColumn("{task.description}"), disable=not enabled, transient=True)
+    return bar, total
+
+
+def train(
+    net: XFuseNet,
+    expr: ExpressionModel,
+    sampler: PatchSampler,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    expr_lr: float,
+    metagene_interval: int,
+    split_until: float = 0.8,
+    kl_warmup: int = 0,
+    seed: int = 0,
+    max_time_s: float | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """Optimise ``net`` and ``expr`` in place; returns (history, metagene history, timed_out).
+
+    Drop-and-split runs every ``metagene_interval`` steps; splits stop after
+    ``split_until`` x ``steps`` (drops go on), so the last stretch refines a fixed set.
+    ``kl_warmup``: the latent KL's weight in the loss rises linearly from 0 to 1 over these
+    steps (the recorded ELBO always has the full KL), so the latents learn to carry the
+    image before the prior pulls them in.
+    """
+    opt = make_optimizer(net, expr, lr, expr_lr)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    weight = sampler.patches_per_epoch / batch_size
+    n_pix = float(sum(len(s.centres) for s in sampler.sources))
+    history: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    fresh: set[int] = set()
+    start, timed_out = time.perf_counter(), False
+    net.train()
+    bar, total = _progress(progress, steps)
+    with bar:
+        task = bar.add_task("", total=total)
+        for step in range(1, int(steps) + 1):
+            terms = elbo_terms(net, expr, sampler.sample(batch_size), weight, gen)
+            kl_weight = min(1.0, step / kl_warmup) if kl_warmup else 1.0
+            loss = -(terms["elbo"] + (1.0 - kl_weight) * terms["kl_z"]) / n_pix
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], GRAD_CLIP)
+            opt.step()
+            row = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+                   "metagenes": expr.n_active, "seconds": time.perf_counter() - start}
+            history.append(row)
+            if metagene_interval and step % metagene_interval == 0 and step < steps:
+                event = drop_and_split(net, expr, opt, sampler.sample(batch_size), weight, fresh=fresh,
+                                       allow_split=step < split_until * steps, generator=gen)
+                fresh = set(event["fresh"])
+                events.append({"step": step, **event})
+                log.debug("xfuse step %d: metagenes %d -> %d", step, event["before"], event["after"])
+            bar.update(task, advance=1, description=f"ELBO/px {-row['loss']:.3f}  metagenes {expr.n_active}")
+            if max_time_s is not None and row["seconds"] > max_time_s:
+                timed_out = step < steps
+                break
+    net.eval()
+    return history, events, timed_out
+
+
+def baseline_sizes(labels: np.ndarray, n_obs: int) -> np.ndarray:
+    """Pixels per observation in a training label map (the initial ``sum s * a`` with s = 1)."""
+    lab = labels.ravel()
+    return np.bincount(lab[lab > 0] - 1, minlength=n_obs).astype(np.float64)[:n_obs]
