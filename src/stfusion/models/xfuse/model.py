@@ -238,7 +238,7 @@ class XFuse(Model):
     def _draws(self, data: D.SectionData, W, samples: int | None) -> P.Draws:
         net, expr = self._fitted()
         n = int(samples or self.hyperparams["samples"])
-        return P.draw_areas(net, expr, data, W, n, self.hyperparams["seed"])
+        return P.draw_areas(net, expr, data, W, n, self.hyperparams["seed"], progress=self.progress)
 
     def _stats(self, draws: P.Draws, idx: np.ndarray) -> dict[str, np.ndarray]:
         return P.summarize(draws, idx, self.state_["modelled_fraction"])
@@ -306,10 +306,12 @@ class XFuse(Model):
             return D.area_weights(D.area_spec(section), data.fx, data.fy, data.shape)
         if isinstance(areas, Mapping):
             return P.mask_weights(data, list(areas.values()))
-        arr = np.asarray(areas) if not isinstance(areas, list) else None
-        if arr is not None and arr.ndim == 2 and arr.shape[1] % 2 == 0 and arr.dtype != bool and arr.shape[:2] != data.fullres_hw:
+        if isinstance(areas, list):
+            return P.mask_weights(data, areas)
+        arr = np.asarray(areas)
+        if arr.ndim == 2 and arr.dtype != bool and arr.shape[1] % 2 == 0 and arr.shape != tuple(data.fullres_hw):
             return D.area_weights(D.discs_spec(arr, data.spot_radius_px), data.fx, data.fy, data.shape)
-        return P.mask_weights(data, list(areas) if isinstance(areas, list) else [arr])
+        return P.mask_weights(data, list(arr) if arr.ndim == 3 else [arr])
 
     def predict_grid(self, section: ad.AnnData | D.SectionData, grid_um: float = 10.0, genes: Sequence[str] | None = None,
                      samples: int | None = None, tissue_only: bool = True,

@@ -87,8 +87,14 @@ def _tile_maps(net: XFuseNet, image01: torch.Tensor, tiles, n_samples: int, acti
 
 @torch.no_grad()
 def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: sparse.csr_matrix,
-               n_samples: int, seed: int, *, tile_px: int = TILE_PX, mean: bool = False) -> Draws:
-    """Area sums ``A`` and global draws for ``n_samples`` posterior samples (``mean``: posterior means)."""
+               n_samples: int, seed: int, *, tile_px: int = TILE_PX, mean: bool = False,
+               progress: bool = False) -> Draws:
+    """Area sums ``A`` and global draws for ``n_samples`` posterior samples (``mean``: posterior means).
+
+    Samples are drawn from generators seeded by ``seed``, so the same model, section and
+    seed give the same samples; areas that cover the same pixels get the same latent draws.
+    """
+    from rich.progress import track
     net.eval()
     g_global = torch.Generator().manual_seed(int(seed))
     g_latent = torch.Generator().manual_seed(int(seed) + 7919)
@@ -106,8 +112,10 @@ def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: spars
     h, w = data.shape
     Wc = W.tocsc()
     image01 = image_tensor(data.image)
-    for (a0, a1, b0, b1), n, s, act in _tile_maps(net, image01, _tiles(i0, i1, j0, j1, tile_px), n_samples,
-                                                  expr.active, g_latent, mean):
+    tiles = _tiles(i0, i1, j0, j1, tile_px)
+    maps = _tile_maps(net, image01, tiles, n_samples, expr.active, g_latent, mean)
+    for (a0, a1, b0, b1), n, s, act in track(maps, total=len(tiles) * n_samples, description="XFuse samples",
+                                              disable=not progress, transient=True):
         rows = np.arange(a0, a1)[:, None] * w + np.arange(b0, b1)[None, :]
         sub = Wc[:, rows.ravel()]
         if sub.nnz == 0:
