@@ -61,9 +61,11 @@ def test_predict_layers_and_target_space(fitted, synthetic) -> None:
     for layer in ("sd", "mean_counts", "sd_counts"):
         assert pred.layers[layer].shape == pred.shape and np.isfinite(pred.layers[layer]).all()
     assert (pred.layers["sd"] >= 0).all() and (pred.X >= 0).all()
-    # all genes are modelled (fraction 1): X is log1p of each gene's share of nu x 1e4
+    # all genes are modelled (fraction 1): X is log1p of the posterior mean of each gene's share
+    # of nu x 1e4, close to (not equal to: Jensen) the share of the posterior mean of nu
     share = pred.layers["mean_counts"] / pred.layers["mean_counts"].sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(np.expm1(pred.X), share * 1e4, rtol=0.25)
+    assert np.abs(pred.X - np.log1p(share * 1e4)).max() < 0.5
+    assert np.corrcoef(pred.X.ravel(), np.log1p(share * 1e4).ravel())[0, 1] > 0.99
     meta = pred.uns["stfusion"]
     assert meta["method"] == "xfuse" and meta["samples"] == 6 and meta["seed"] == 0
     # expected counts track the measured ones across the 16 areas

@@ -132,17 +132,12 @@ class ExpressionModel(nn.Module):
         r, logit = self.rates(A, draw, beta)
         return nb_log_prob(counts, r, logit).sum()
 
-    def split(self, parent: int, child: int, noise: float, generator: torch.Generator | None = None) -> None:
-        """Copy row ``parent`` of L into the free row ``child`` and activate it.
-
-        The two rows are nudged apart in opposite directions (``+eps`` and ``-eps``,
-        ``eps ~ N(0, noise^2)`` per gene), which breaks their symmetry while keeping their
-        average profile.
-        """
+    def split(self, parent: int, child: int, shift: torch.Tensor) -> None:
+        """Copy row ``parent`` of L into the free row ``child`` and activate it; the child's
+        posterior mean moves by ``+shift`` and the parent's by ``-shift`` (per gene)."""
         with torch.no_grad():
-            eps = torch.randn(self.L_mu.shape[1], generator=generator) * noise
-            self.L_mu[child] = self.L_mu[parent] + eps
-            self.L_mu[parent] -= eps
+            self.L_mu[child] = self.L_mu[parent] + shift
+            self.L_mu[parent] -= shift
             self.L_log_sd[child] = self.L_log_sd[parent]
             self.active[child] = True
 

@@ -6,9 +6,16 @@ softmax share redistributed over the others, its L row and KL term gone, the ref
 implementation's test). A metagene whose removal does not lower the ELBO contributes
 nothing and is dropped (greedily, see :func:`drop_and_split`); each contributing one is
 split into two children that inherit its parameters (the child's metagene logit equals
-the parent's, both lowered by log 2 so their summed activity is the parent's; the two L
-rows are the parent's plus and minus the same N(0, 0.1²) noise, which breaks their symmetry;
-Adam's moment estimates are copied), until ``max_metagenes`` are active. The halves of a
+the parent's, both lowered by log 2 so their summed activity is the parent's, with opposite
+small nudges of the logit weights; Adam's moment estimates are copied), until
+``max_metagenes`` are active. Where the reference copies the parent exactly and waits for
+sampling noise to separate the children, ours start apart: the two L rows move in opposite
+directions along the main axis of the parent's residuals (the first principal axis of
+log((counts + 1) / (nu + 1)) over areas, weighted by the parent's share of each area, times
+its SD; half a unit along it, at most 1 per gene, plus N(0, 0.1²) noise). A metagene that
+stands for two subtypes under-predicts one's markers where that one dominates and the
+other's elsewhere, so the axis separates them; on a CPU budget of a few hundred steps this
+is what lets every subtype get its own metagene. The halves of a
 split get one interval to diverge before they are judged (a fresh pair is nearly identical,
 so either half alone would look superfluous). At least one metagene is always kept.
 
@@ -28,7 +35,9 @@ from stfusion.models.xfuse.likelihood import ExpressionModel
 from stfusion.models.xfuse.nn import XFuseNet
 from stfusion.models.xfuse.sampling import Batch
 
-SPLIT_NOISE = 0.1  # SD of the opposite nudges of the children's L rows
+SPLIT_NOISE = 0.1  # SD of the random opposite nudges of the children's L rows
+SPLIT_STEP = 0.5  # how far the children's L rows move (in opposite ways) along the parent's residual direction
+SPLIT_MAX = 1.0  # ... at most, per gene (log scale)
 HEAD_NOISE = 0.1  # SD of the opposite nudges of their metagene-logit weights (features are ~unit scale)
 
 
@@ -46,6 +55,17 @@ def _expression_loglik(expr: ExpressionModel, s: torch.Tensor, a: torch.Tensor, 
         A = area_sums(s[b] * a[b], batch.labels[b], batch.counts[b].shape[0])
         total = total + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b])
     return total
+
+
+def _principal_axis(resid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """First principal axis of the rows of ``resid`` (areas x genes) under ``weight``
+    (areas), times its SD; zeros when there is nothing to split."""
+    w = weight / weight.sum().clamp_min(1e-12)
+    if resid.shape[0] < 2 or float(weight.sum()) <= 0:
+        return torch.zeros(resid.shape[1])
+    centred = (resid - (w[:, None] * resid).sum(0)) * w.sqrt()[:, None]
+    _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
+    return vh[0] * sv[0]
 
 
 class _Scorer:
@@ -68,6 +88,25 @@ class _Scorer:
         act = torch.softmax(self.logits[:, keep], 1)
         ll = _expression_loglik(self.expr, self.s, act, self.batch, sub)
         return float(self.weight * ll - self.expr.kl(keep))
+
+    def residual_directions(self) -> torch.Tensor:
+        """Per active metagene, the main axis of its residual variation (metagenes x genes).
+
+        Residuals are log((counts + 1) / (nu + 1)) per area; for metagene m they are weighted
+        by its share of each area's activity, centred, and the first principal axis is taken,
+        scaled by its SD. A metagene that stands for two subtypes under-predicts the first's
+        markers where the first dominates and the second's elsewhere: the axis points from
+        one to the other, which is where its two children should go.
+        """
+        resid, share = [], []
+        act = torch.softmax(self.logits, 1)
+        for b in range(act.shape[0]):
+            A = area_sums(self.s[b] * act[b], self.batch.labels[b], self.batch.counts[b].shape[0])
+            nu = self.expr.expected_counts(A, self.draw, self.batch.beta[b])
+            resid.append(torch.log1p(self.batch.counts[b]) - torch.log1p(nu))
+            share.append(A / A.sum(1, keepdim=True).clamp_min(1e-12))
+        R, W = torch.cat(resid), torch.cat(share)
+        return torch.stack([_principal_axis(R, W[:, m]) for m in range(W.shape[1])])
 
     def contributions(self, keep: list[int], judged: list[int]) -> dict[int, float]:
         """ELBO(keep) - ELBO(keep without m) for each m in ``judged``."""
@@ -104,15 +143,23 @@ def _rows(net: XFuseNet, expr: ExpressionModel) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def split(net: XFuseNet, expr: ExpressionModel, opt: torch.optim.Optimizer, parent: int, child: int,
-          generator: torch.Generator | None = None) -> None:
-    """Split row ``parent`` (absolute index) into itself and the free row ``child``."""
+          direction: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
+    """Split row ``parent`` (absolute index) into itself and the free row ``child``.
+
+    ``direction`` (genes): the main axis of the parent's residuals; the child's L row moves
+    ``SPLIT_STEP`` along it (each gene by at most ``SPLIT_MAX``) and the parent's the
+    other way, plus opposite N(0, SPLIT_NOISE^2) nudges.
+    """
     head = net.metagene_head
     eta = torch.randn(head.weight[parent].shape, generator=generator) * HEAD_NOISE
     head.weight[child] = head.weight[parent] + eta
     head.weight[parent] -= eta
     head.bias[parent] -= math.log(2.0)
     head.bias[child] = head.bias[parent]
-    expr.split(parent, child, SPLIT_NOISE, generator)
+    shift = torch.randn(expr.L_mu.shape[1], generator=generator) * SPLIT_NOISE
+    if direction is not None:
+        shift = shift + (SPLIT_STEP * direction).clamp(-SPLIT_MAX, SPLIT_MAX)
+    expr.split(parent, child, shift)
     for p in _rows(net, expr):
         _copy_row(opt, p, parent, child)
 
@@ -163,12 +210,13 @@ def drop_and_split(
         drop(net, expr, opt, r)
     splits = []
     if allow_split:
+        directions = scorer.residual_directions()
         free = torch.nonzero(~expr.active).flatten().tolist()
         for i in sorted(scores, key=scores.get, reverse=True):
             if scores[i] <= 0 or not free:
                 break
             child = free.pop(0)
-            split(net, expr, opt, rows[i], child, generator)
+            split(net, expr, opt, rows[i], child, directions[i], generator)
             splits.append((rows[i], child))
     return {"before": len(rows), "after": expr.n_active, "dropped": dropped, "splits": splits,
             "contributions": {rows[i]: (v if np.isfinite(v) else None) for i, v in first.items()},

@@ -48,12 +48,13 @@ WEIGHTS_FILE = "weights.pt"
 HISTORY_FILE = "history.json"
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized: one legacy-ST section (~400 spots) plateaus within minutes on 2 cores.
-    "fast": {"resolution_um": 10.0, "patch_px": 128, "batch_size": 4, "steps": 2000, "lr": 1e-3, "expr_lr": 1e-2,
+    # CPU-sized for one legacy-ST section (~400 spots) on 2 cores; measured times: benchmarks/xfuse.
+    "fast": {"resolution_um": 10.0, "patch_px": 128, "batch_size": 2, "steps": 2000, "lr": 1e-3, "expr_lr": 1e-2,
              "metagene_interval": 200, "depth": 6, "base_width": 16},
     # The reference implementation's sizes (depth 6, width 16, 768 px patches, batches of 3,
-    # Adam 3e-4, drop-and-split every 1000 steps); 5 µm/px is our choice of working scale.
-    "paper": {"resolution_um": 5.0, "patch_px": 768, "batch_size": 3, "steps": 100_000, "lr": 3e-4, "expr_lr": 1e-2,
+    # Adam 3e-4, drop-and-split every 1000 steps); 5 µm/px and the expression rate (10x) are
+    # our choices.
+    "paper": {"resolution_um": 5.0, "patch_px": 768, "batch_size": 3, "steps": 100_000, "lr": 3e-4, "expr_lr": 3e-3,
               "metagene_interval": 1000, "depth": 6, "base_width": 16},
 }
 
@@ -83,8 +84,9 @@ class XFuse(Model):
         Adam learning rates of the networks and of the expression parameters.
     max_metagenes, metagene_interval
         Cap of drop-and-split and steps between its rounds (0: never, one metagene).
-    kl_warmup
-        Fraction of the steps over which the latent KL's weight in the loss rises from 0 to 1.
+    kl_warmup, expr_warmup
+        Fractions of the steps over which the latent KL's weight in the loss, and the
+        learning rate of the expression parameters, rise from 0 (see :mod:`.training`).
     depth, base_width
         U-Net levels and channels of the first level.
     samples, seed
@@ -98,6 +100,7 @@ class XFuse(Model):
     name: ClassVar[str] = "xfuse"
     description: ClassVar[str] = "Deep generative model of histology and counts (Bergenstråhle et al. 2022); super-resolution with uncertainty"
     input_kind: ClassVar[str] = "histology"
+    normalisation: ClassVar[str] = "raw counts (negative binomial likelihood); predictions as log1p(counts / total x 1e4)"
     has_uncertainty: ClassVar[bool] = True
     has_super_resolution: ClassVar[bool] = True
 
@@ -113,6 +116,7 @@ class XFuse(Model):
         max_metagenes: int = 40,
         metagene_interval: int | None = None,
         kl_warmup: float = 0.3,
+        expr_warmup: float = 0.2,
         depth: int | None = None,
         base_width: int | None = None,
         samples: int = 10,
@@ -129,7 +133,8 @@ class XFuse(Model):
                  "lr": lr, "expr_lr": expr_lr, "metagene_interval": metagene_interval, "depth": depth,
                  "base_width": base_width}
         hp = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-        hp.update(preset=preset, epochs=epochs, max_metagenes=int(max_metagenes), kl_warmup=float(kl_warmup), samples=int(samples),
+        hp.update(preset=preset, epochs=epochs, max_metagenes=int(max_metagenes), kl_warmup=float(kl_warmup),
+                  expr_warmup=float(expr_warmup), samples=int(samples),
                   seed=int(seed), max_time_s=max_time_s, augment=bool(augment))
         if hp["resolution_um"] <= 0 or hp["patch_px"] < 8 or hp["batch_size"] < 1 or hp["max_metagenes"] < 1:
             raise StfusionError("XFuse needs resolution_um > 0, patch_px >= 8, batch_size >= 1 and max_metagenes >= 1.")
@@ -210,7 +215,8 @@ class XFuse(Model):
         steps = hp["steps"] if hp["epochs"] is None else max(1, math.ceil(hp["epochs"] * sampler.patches_per_epoch / hp["batch_size"]))
         self.history_, self.metagene_history_, timed_out = train(
             self.net_, self.expr_, sampler, steps=steps, batch_size=hp["batch_size"], lr=hp["lr"], expr_lr=hp["expr_lr"],
-            metagene_interval=hp["metagene_interval"], kl_warmup=int(hp["kl_warmup"] * steps), seed=hp["seed"],
+            metagene_interval=hp["metagene_interval"], kl_warmup=int(hp["kl_warmup"] * steps),
+            expr_warmup=int(hp["expr_warmup"] * steps), seed=hp["seed"],
             max_time_s=hp["max_time_s"], progress=self.progress)
         self.state_.update(training_sections=names, steps_run=len(self.history_), timed_out=bool(timed_out),
                            fit_seconds=time.perf_counter() - start, metagenes=self.expr_.n_active)
@@ -392,6 +398,10 @@ class XFuse(Model):
         return out
 
     # ------------------------------------------------------------------ persistence
+    def image_scale(self) -> dict[str, float | None]:
+        res = float(self.hyperparams["resolution_um"])
+        return {"patch_field_um": res * int(self.hyperparams["patch_px"]), "microns_per_pixel": res}
+
     def card(self) -> dict[str, Any]:
         return {**super().card(), **self.state_, "description": self.description}
 

@@ -34,6 +34,7 @@ from stfusion.models.xfuse.sampling import Batch, PatchSampler
 log = logging.getLogger("stfusion")
 _LOG_2PI = float(np.log(2 * np.pi))
 IMAGE_SD_LR_FACTOR = 0.1
+EXPR_GROUP = 2  # index of the expression parameter group in make_optimizer
 GRAD_CLIP = 10.0  # global gradient-norm clip of the per-pixel loss (guards against rare spikes)
 
 
@@ -84,10 +85,11 @@ def make_optimizer(net: XFuseNet, expr: ExpressionModel, lr: float, expr_lr: flo
 
 
 def _progress(enabled: bool, total: int):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("XFuse"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TextColumn("{task.description}"), disable=not enabled, transient=True)
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"), disable=not enabled,
+                   transient=True)
     return bar, total
 
 
@@ -103,6 +105,7 @@ def train(
     metagene_interval: int,
     split_until: float = 0.8,
     kl_warmup: int = 0,
+    expr_warmup: int = 0,
     seed: int = 0,
     max_time_s: float | None = None,
     progress: bool = True,
@@ -113,7 +116,11 @@ def train(
     ``split_until`` x ``steps`` (drops go on), so the last stretch refines a fixed set.
     ``kl_warmup``: the latent KL's weight in the loss rises linearly from 0 to 1 over these
     steps (the recorded ELBO always has the full KL), so the latents learn to carry the
-    image before the prior pulls them in.
+    image before the prior pulls them in. ``expr_warmup``: the learning rate of the
+    expression parameters and heads rises linearly from 0 over these steps, so the scale and
+    the metagenes are fitted to an image representation that already tells tissue types
+    apart; fitted earlier, the scale can settle near 0 on a tissue type the image model has
+    not yet separated from the background, where softplus leaves it almost no gradient.
     """
     opt = make_optimizer(net, expr, lr, expr_lr)
     gen = torch.Generator().manual_seed(int(seed) + 1)
@@ -130,6 +137,7 @@ def train(
         for step in range(1, int(steps) + 1):
             terms = elbo_terms(net, expr, sampler.sample(batch_size), weight, gen)
             kl_weight = min(1.0, step / kl_warmup) if kl_warmup else 1.0
+            opt.param_groups[EXPR_GROUP]["lr"] = expr_lr * (min(1.0, step / expr_warmup) if expr_warmup else 1.0)
             loss = -(terms["elbo"] + (1.0 - kl_weight) * terms["kl_z"]) / n_pix
             opt.zero_grad(set_to_none=True)
             loss.backward()
