@@ -109,7 +109,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     prov = M.Provenance(args.seed, args.threads, preset="fast", steps=args.steps or "preset (2000)",
                         credibility=CREDIBILITY, pairing="stfusion.benchmark.pairs.merge_neighbour_pairs(seed)")
-    rows = [run_section(s, args, args.out) for s in args.sections]
+    rows = []
+    for name in args.sections:  # the tables are rewritten after each section
+        rows.append(run_section(name, args, args.out))
+        _write(rows, args, prov)
+
+
+def _write(rows: list[dict], args: argparse.Namespace, prov) -> None:
     prov.stop()
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "mob_pairs.csv", index=False, float_format="%.4f")
@@ -133,7 +139,8 @@ count of the merged section.
 
 {M.md_table(df[cols])}
 """
-    M.write_report(args.out / "mob_pairs.md", "XFuse neighbour-pair deconvolution, MOB1 and MOB2", prov, body)
+    title = "XFuse neighbour-pair deconvolution, " + " and ".join(df["section"])
+    M.write_report(args.out / "mob_pairs.md", title, prov, body)
     print(df[cols].to_string())
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from stfusion.config import ConfigOpt, RunDirOpt, recorded, show_progress
+
 app = typer.Typer(
     name="stfusion",
     help="Predict spatial gene expression from H&E images and single-cell references.",
@@ -168,13 +170,17 @@ def section_summary(adata) -> dict:
 
 @app.command("info")
 def info_cmd(
-    path: Annotated[Path, typer.Argument(help="Section .h5ad.")],
+    path: Annotated[Path, typer.Argument(help="Section .h5ad, or a model folder (prints its model card).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Summarise a section: spots, genes, image size, scale, counts."""
+    """Summarise a section (spots, genes, image size, scale, counts) or a model's card."""
     from stfusion.io import read_h5ad
+    from stfusion.models.api import card_summary, read_card
 
-    summary = section_summary(read_h5ad(path))
+    if path.is_dir():
+        summary = read_card(path) if as_json else card_summary(path)
+    else:
+        summary = section_summary(read_h5ad(path))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -237,6 +243,7 @@ def _genes_spec(genes: Optional[str]):
 
 
 @app.command("fit")
+@recorded("fit")
 def fit_cmd(
     method: Annotated[str, typer.Argument(help="Method name (see `stfusion methods`).")],
     sections: Annotated[list[Path], typer.Argument(help="Training sections (.h5ad from `stfusion read`).")],
@@ -249,9 +256,13 @@ def fit_cmd(
     covariate: Annotated[
         list[str], typer.Option("--covariate", help="NAME=V1,V2,... one value per section, in order (repeatable; XFuse).")
     ] = [],  # noqa: B006
+    devices: Annotated[Optional[int], typer.Option(help="Processes/GPUs per machine for training (with --strategy ddp).")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Machines taking part in DDP training.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy: ddp (gloo on CPU), ddp_fork, ddp_spawn, auto.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Fit a model on sections and save it (weights + JSON model card)."""
-    from stfusion.cli_xfuse import fit_with_covariates, parse_covariates
+    """Fit a model on sections and save it (weights + JSON model card + run record in OUT/run)."""
+    from stfusion.cli_xfuse import parse_covariates
     from stfusion.io import read_h5ad
     from stfusion.models.api import fit, save_model
 
@@ -261,15 +272,18 @@ def fit_cmd(
             params[key] = value
     data = [read_h5ad(p) for p in sections]
     covariates = parse_covariates(covariate, len(data))
-    if covariates is None:
-        model = fit(method, data, genes=_genes_spec(genes), **params)
-    else:
-        model = fit_with_covariates(method, data, _genes_spec(genes), covariates, params)
+    from stfusion.train.loop import is_global_zero, trainer_settings
+
+    with trainer_settings(devices=devices, num_nodes=num_nodes, strategy=strategy):
+        model = fit(method, data, genes=_genes_spec(genes), covariates=covariates, progress=show_progress(), **params)
+    if not is_global_zero():  # DDP: every process ran this command; rank 0 writes the model
+        return
     save_model(model, out)
     logging.getLogger("stfusion").info(f"wrote {out} ({method}, {len(model.genes_)} genes)")
 
 
 @app.command("predict")
+@recorded("predict")
 def predict_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder from `stfusion fit`.")],
     section: Annotated[Optional[Path], typer.Argument(help="Section .h5ad whose spots to predict.")] = None,
@@ -283,13 +297,26 @@ def predict_cmd(
     mask: Annotated[list[Path], typer.Option("--mask", help="Predict this annotated area (PNG/NPY at full resolution; repeatable).")] = [],  # noqa: B006
     genes: Annotated[Optional[str], typer.Option(help="Genes to predict: file or comma-separated names.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Monte Carlo samples (models with uncertainty).")] = None,
+    config: ConfigOpt = None,
+    run_dir: RunDirOpt = None,
+    images: Annotated[Optional[str], typer.Option(help="Folder or glob of H&E-only slides: --out is then a folder; finished slides are skipped.")] = None,
+    workers: Annotated[int, typer.Option(help="Dask worker processes for --images (local cluster).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler for --images.")] = None,
 ) -> None:
-    """Predict expression for a section's spots, or tile an H&E-only slide (--image)."""
+    """Predict expression for a section's spots, tile an H&E-only slide (--image) or many (--images)."""
     from stfusion.cli_xfuse import predict_extended
     from stfusion.io import read_h5ad, write_h5ad
     from stfusion.models.api import load_model
 
-    model = load_model(model_dir)
+    if images is not None:  # many slides, streamed, in parallel (stfusion.scale.batch)
+        from stfusion.scale.batch import predict_slides
+
+        table = predict_slides(model_dir, images, out, workers=workers, scheduler=scheduler, microns_per_pixel=microns_per_pixel)
+        typer.echo(table.status.value_counts().to_string())
+        if (table.status == "failed").any():
+            raise typer.Exit(1)
+        return
+    model = load_model(model_dir, progress=show_progress())
     extended = grid_um is not None or mask or genes is not None or samples is not None
     if section is not None and extended:
         pred = predict_extended(model, section, out, grid_um=grid_um, masks=mask, genes=genes, samples=samples)
@@ -350,8 +377,10 @@ def benchmark_cmd(
     """Run a benchmark: per-gene CSV, Markdown summary, boxplots, time and memory per cell."""
     from stfusion.benchmark import load_config, run_benchmark
 
-    run = run_benchmark(load_config(config), out, progress=not no_progress)
-    typer.echo((run / "summary.md").read_text())
+    quiet = not logging.getLogger("stfusion").isEnabledFor(logging.INFO)
+    run = run_benchmark(load_config(config), out, progress=not (no_progress or quiet))
+    if not quiet:
+        typer.echo((run / "summary.md").read_text())
 
 
 @app.command("methods")
@@ -379,6 +408,10 @@ from stfusion.cli_impute import impute_cmd  # noqa: E402
 app.command("report")(report_cmd)
 app.command("de")(de_cmd)
 app.command("impute")(impute_cmd)
+
+from stfusion.cli_plot import plot_app  # noqa: E402
+
+app.add_typer(plot_app, name="plot")
 
 
 # ----------------------------------------------------------------------------- entry point

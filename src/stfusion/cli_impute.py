@@ -94,6 +94,10 @@ def make_imputer(method: str, seed: int, mode: str | None, params: dict) -> Any:
     kwargs = dict(params)
     if name != "knn_reference":
         kwargs.setdefault("seed", seed)
+    if name == "spaim":
+        from stfusion.config import show_progress
+
+        kwargs.setdefault("progress", show_progress())
     if mode is not None:
         kwargs["mode"] = mode
     return get(name)(**kwargs)  # --cell-type-key labels reach SpaIM/Tangram as obs["cell_type"] (read_reference)

@@ -73,20 +73,6 @@ def gene_names(spec: Optional[str]) -> list[str] | None:
 
 
 # ----------------------------------------------------------------------------- fit / predict
-def fit_with_covariates(method: str, sections: list, genes: Any, covariates: list[dict], params: dict) -> Any:
-    """Create and fit a model that takes per-section covariates."""
-    import inspect
-
-    from stfusion.data.genes import resolve_genes
-    from stfusion.models.api import create
-
-    model = create(method, **params)
-    if "covariates" not in inspect.signature(model.fit).parameters:
-        raise typer.BadParameter(f"{method} takes no covariates; drop --covariate.")
-    gene_list = list(resolve_genes(genes, sections)) if genes is not None else None
-    return model.fit(sections, genes=gene_list, covariates=covariates)
-
-
 def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Optional[float], masks: list[Path],
                      genes: Optional[str], samples: Optional[int]):
     """Predict with the area/grid/gene/sample options; a grid also writes OME-TIFF stacks + PNGs next to ``out``."""

@@ -11,6 +11,12 @@ platform-wide gene-specific capture differences); PCA (default 30 components, at
 ``n_matching_genes - 1``) is fitted on the reference and both datasets are projected on it.
 Output: the neighbours' mean of ``log1p(counts / reference cell total over all genes × 1e4)``,
 i.e. the reference's log1p-normalised space.
+
+Large spatial tables (Visium HD, Xenium: ~500,000 cells) are processed ``chunk_size`` cells at a
+time (features, PCA projection, neighbour search, averaging), with the spatial z-scoring
+statistics gathered in passes over the chunks, so memory grows with the chunk and the output,
+not with cells x matching genes; ``chunk_size=None`` does all cells at once (same result up to
+float rounding).
 """
 
 from __future__ import annotations
@@ -61,10 +67,11 @@ class KNNReferenceImputer:
     has_uncertainty: ClassVar[bool] = False
     has_super_resolution: ClassVar[bool] = False
 
-    def __init__(self, k: int = 50, n_comps: int = 30) -> None:
-        if k < 1 or n_comps < 1:
-            raise ValueError(f"k and n_comps must be positive, got k={k}, n_comps={n_comps}.")
-        self.hyperparams: dict[str, Any] = {"k": int(k), "n_comps": int(n_comps)}
+    def __init__(self, k: int = 50, n_comps: int = 30, chunk_size: int | None = 50_000) -> None:
+        if k < 1 or n_comps < 1 or (chunk_size is not None and chunk_size < 1):
+            raise ValueError(f"k, n_comps and chunk_size must be positive, got k={k}, n_comps={n_comps}, chunk_size={chunk_size}.")
+        self.hyperparams: dict[str, Any] = {"k": int(k), "n_comps": int(n_comps),
+                                            "chunk_size": None if chunk_size is None else int(chunk_size)}  # fmt: skip
         self.ref_counts_: sparse.csr_matrix | None = None
 
     def fit(
@@ -105,18 +112,20 @@ class KNNReferenceImputer:
                 f"{len(missing)} genes to impute are not in the reference (e.g. {list(missing[:3])}); "
                 "only genes the reference measures can be imputed."
             )
-        neighbours = self._neighbours(genes)
+        pca, knn, sp_cols = self._space(genes)
         cols = ref_index.get_indexer(genes)
         totals = np.asarray(self.ref_counts_.sum(axis=1)).ravel()
         values = log1p_normalize_total(self.ref_counts_[:, cols], TARGET_SUM, totals=totals)
-        rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
-        weights = sparse.csr_matrix(
-            (np.full(rows.size, 1.0 / neighbours.shape[1]), (rows, neighbours.ravel())),
-            shape=(len(neighbours), self.ref_counts_.shape[0]),
-        )
-        return self._wrap(np.asarray(weights @ values), genes)
+        mean, sd = self._spatial_stats(sp_cols)
+        out = np.empty((self.sp_counts_.shape[0], len(genes)), dtype=np.float32)
+        for rows in self._chunks():
+            feats = (self._spatial_log1p(rows, sp_cols) - mean) / sd
+            neighbours = knn.kneighbors(pca.transform(feats), return_distance=False)
+            out[rows] = _neighbour_mean(neighbours, values)
+        return self._wrap(out, genes)
 
-    def _neighbours(self, genes: Sequence[str]) -> np.ndarray:
+    def _space(self, genes: Sequence[str]) -> tuple[PCA, NearestNeighbors, np.ndarray]:
+        """PCA and neighbour index of the reference over the matching genes; spatial columns of those genes."""
         shared = pd.Index(self.shared_)
         train = shared[~shared.isin(genes)]
         if len(train) < 3:
@@ -125,12 +134,28 @@ class KNNReferenceImputer:
                 "genes to impute; impute fewer genes at a time (e.g. in folds)."
             )
         ref_feat = matching_features(self.ref_counts_[:, pd.Index(self.ref_genes_).get_indexer(train)])
-        sp_feat = matching_features(self.sp_counts_[:, shared.get_indexer(train)])
         n_ref = ref_feat.shape[0]
         n_comps = max(1, min(self.hyperparams["n_comps"], len(train) - 1, n_ref - 1))
         pca = PCA(n_components=n_comps, random_state=0).fit(ref_feat)
         knn = NearestNeighbors(n_neighbors=min(self.hyperparams["k"], n_ref)).fit(pca.transform(ref_feat))
-        return knn.kneighbors(pca.transform(sp_feat), return_distance=False)
+        return pca, knn, shared.get_indexer(train)
+
+    def _chunks(self) -> list[slice]:
+        n = self.sp_counts_.shape[0]
+        step = self.hyperparams.get("chunk_size") or max(n, 1)
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def _spatial_log1p(self, rows: slice, cols: np.ndarray) -> np.ndarray:
+        return log1p_normalize_total(self.sp_counts_[rows][:, cols], TARGET_SUM).astype(np.float64)
+
+    def _spatial_stats(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene mean and sd (1 where constant) of the spatial features, in passes over the chunks."""
+        n = self.sp_counts_.shape[0]
+        total = sum(self._spatial_log1p(rows, cols).sum(axis=0) for rows in self._chunks())
+        mean = total / max(n, 1)
+        sq = sum(((self._spatial_log1p(rows, cols) - mean) ** 2).sum(axis=0) for rows in self._chunks())
+        sd = np.sqrt(sq / max(n, 1))
+        return mean, np.where(sd > 1e-12, sd, 1.0)
 
     def _wrap(self, values: np.ndarray, genes: list[str]) -> ad.AnnData:
         out = ad.AnnData(
@@ -174,6 +199,16 @@ class KNNReferenceImputer:
         model.ref_counts_, model.sp_counts_ = _csr_from(a, "ref"), _csr_from(a, "sp")
         model.sp_obsm_ = {k: a[f"obsm__{k}"] for k in card["obsm_keys"]}
         return model
+
+
+def _neighbour_mean(neighbours: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` rows over each row of neighbour indices (sparse averaging matrix)."""
+    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+    weights = sparse.csr_matrix(
+        (np.full(rows.size, 1.0 / neighbours.shape[1]), (rows, neighbours.ravel())),
+        shape=(len(neighbours), values.shape[0]),
+    )
+    return np.asarray(weights @ values)
 
 
 def _csr_arrays(prefix: str, m: sparse.csr_matrix) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ from stfusion.errors import StfusionError
 
 SECTION_READERS = ("her2st", "stutility", "st", "visium", "h5ad", "xfuse_toy")
 PAIR_READERS = ("osmfish_pair", "merfish_pair", "slideseq_pair")
+TOP_LEVEL_KEYS = ("name", "seed", "data_root", "datasets", "methods")
 
 
 class ConfigError(StfusionError, ValueError):
@@ -90,6 +91,28 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def check_keys(raw: dict[str, Any], allowed: set[str] | list[str], where: str) -> None:
+    """Raise a ConfigError naming unknown keys of ``raw``, the closest allowed names, and all allowed ones."""
+    import difflib
+
+    extra = sorted(set(raw) - set(allowed))
+    if extra:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, list(allowed), 1)) else repr(k)
+                 for k in extra]
+        raise ConfigError(f"{where}: unknown keys {', '.join(hints)}; allowed: {sorted(allowed)}.")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML file; a ConfigError names the file when it is missing or not valid TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} not found.")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
 def _dataset(raw: dict[str, Any], i: int) -> DatasetSpec:
     from stfusion.benchmark.protocols import PROTOCOLS
 
@@ -103,9 +126,7 @@ def _dataset(raw: dict[str, Any], i: int) -> DatasetSpec:
         raw["protocol"] in PROTOCOLS,
         f"dataset {raw['name']!r}: unknown protocol {raw['protocol']!r}; use one of {sorted(PROTOCOLS)}.",
     )
-    known = set(DatasetSpec.__dataclass_fields__)
-    extra = set(raw) - known
-    _require(not extra, f"dataset {raw['name']!r}: unknown keys {sorted(extra)}; allowed: {sorted(known)}.")
+    check_keys(raw, set(DatasetSpec.__dataclass_fields__), f"dataset {raw['name']!r}")
     return DatasetSpec(**raw)
 
 
@@ -114,9 +135,7 @@ def _method(raw: dict[str, Any], i: int, dataset_names: set[str]) -> MethodSpec:
 
     _require("name" in raw, f"[[methods]] entry {i + 1} lacks 'name'.")
     _require(raw["name"] in REGISTRY, f"unknown method {raw['name']!r}; available: {sorted(REGISTRY)}.")
-    known = set(MethodSpec.__dataclass_fields__)
-    extra = set(raw) - known
-    _require(not extra, f"method {raw['name']!r}: unknown keys {sorted(extra)}; allowed: {sorted(known)}.")
+    check_keys(raw, set(MethodSpec.__dataclass_fields__), f"method {raw['name']!r}")
     spec = MethodSpec(**raw)
     unknown = set(spec.datasets or []) - dataset_names
     _require(not unknown, f"method {spec.name!r} names unknown datasets {sorted(unknown)}.")
@@ -126,12 +145,10 @@ def _method(raw: dict[str, Any], i: int, dataset_names: set[str]) -> MethodSpec:
 def load_config(path: str | Path) -> BenchmarkConfig:
     """Read and validate a benchmark TOML file; paths resolve relative to the file."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"Config file {path} not found.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path)
+    if "fit" in raw or "predict" in raw:
+        raise ConfigError(f"{path} is a fit/predict config ([fit]/[predict] tables): use `stfusion fit --config {path}`.")
+    check_keys(raw, TOP_LEVEL_KEYS, str(path))
     _require(raw.get("datasets"), f"{path}: no [[datasets]] entries.")
     _require(raw.get("methods"), f"{path}: no [[methods]] entries.")
     datasets = [_dataset(d, i) for i, d in enumerate(raw["datasets"])]

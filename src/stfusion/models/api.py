@@ -38,14 +38,41 @@ def create(method: str, **params: Any) -> Any:
     return cls(**params)
 
 
-def fit(method: str, sections: Sequence[ad.AnnData], genes: Any = None, **params: Any) -> Any:
+def fit(
+    method: str,
+    sections: Sequence[ad.AnnData],
+    genes: Any = None,
+    *,
+    covariates: Sequence[dict] | None = None,
+    progress: bool | None = None,
+    **params: Any,
+) -> Any:
     """Create and fit a histology model. ``genes``: as ``stfusion.data.genes.resolve_genes``
-    (file, .npy, number N = top N by mean in the training sections, or a list)."""
+    (file, .npy, number N = top N by mean in the training sections, or a list).
+    ``covariates``: one ``{name: value}`` per section, for models whose ``fit`` takes them (XFuse).
+    ``progress``: show the model's progress bars (None: the model's own setting); not saved."""
     from stfusion.data.genes import resolve_genes
 
     gene_list = list(resolve_genes(genes, list(sections))) if genes is not None else None
     model = create(method, **params)
-    model.fit(list(sections), genes=gene_list)
+    if progress is not None:
+        set_progress(model, progress)
+    if covariates is None:
+        model.fit(list(sections), genes=gene_list)
+        return model
+    if "covariates" not in inspect.signature(model.fit).parameters:
+        raise StfusionError(f"{method} takes no covariates; drop them (--covariate).")
+    model.fit(list(sections), genes=gene_list, covariates=list(covariates))
+    return model
+
+
+def set_progress(model: Any, enabled: bool) -> Any:
+    """Turn a model's progress bars on or off for this session (the saved hyperparameters are unchanged)."""
+    if hasattr(model, "progress"):
+        model.progress = bool(enabled)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "progress" in config:
+        config["progress"] = bool(enabled)
     return model
 
 
@@ -58,10 +85,45 @@ def save_model(model: Any, directory: str | Path) -> Path:
     return Path(directory)
 
 
-def load_model(directory: str | Path) -> Any:
-    """Load any saved stfusion model; its model card names the method."""
+def load_model(directory: str | Path, *, progress: bool | None = None) -> Any:
+    """Load any saved stfusion model; its model card names the method. ``progress``: as in :func:`fit`."""
     card_path = Path(directory) / "model.json"
     if not card_path.exists():
         raise StfusionError(f"{directory} is not a saved stfusion model (no model.json). Create one with `stfusion fit`.")
     method = json.loads(card_path.read_text()).get("method")
-    return get(method).load(directory)
+    model = get(method).load(directory)
+    return model if progress is None else set_progress(model, progress)
+
+
+def read_card(directory: str | Path) -> dict[str, Any]:
+    """The model card (``model.json``) of a saved model."""
+    card_path = Path(directory) / "model.json"
+    if not card_path.is_file():
+        raise StfusionError(f"{directory} is not a saved stfusion model (no model.json). Create one with `stfusion fit`.")
+    return json.loads(card_path.read_text())
+
+
+def card_summary(directory: str | Path) -> dict[str, Any]:
+    """The facts ``stfusion info MODEL_DIR`` prints: method, version, genes, normalisation, scale,
+    training data and validation metrics (None where the card does not record them)."""
+    card = read_card(directory)
+    genes = card.get("genes") or []
+    training = card.get("training_data") or {}
+    sections = training.get("sections") or []
+    validation = card.get("validation") or {}
+    return {
+        "method": card.get("method"),
+        "version": card.get("version"),
+        "input": card.get("input"),
+        "genes": f"{len(genes)} ({', '.join(genes[:8])}{', ...' if len(genes) > 8 else ''})",
+        "normalisation": card.get("normalisation"),
+        "patch_field_um": card.get("patch_field_um"),
+        "microns_per_pixel": card.get("microns_per_pixel"),
+        "training_sections": ", ".join(
+            f"{s['section']} ({s['spots']} spots, {s['microns_per_pixel']} µm/px)" for s in sections
+        ) or None,
+        "training_spots": training.get("n_spots"),
+        "validation": ", ".join(f"{k} {v}" for k, v in validation.items() if v is not None) or None,
+        "seed": card.get("hyperparams", {}).get("seed", card.get("seed")),
+        "hyperparams": json.dumps(card.get("hyperparams", {}), default=str),
+    }

@@ -8,7 +8,9 @@ Models never modify their inputs.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,10 @@ from stfusion import _constants as K
 from stfusion.errors import StfusionError
 
 TARGET_SUM = 1e4
+TARGET_DESCRIPTION = "log1p(counts / spot total over all genes x 1e4)"
+PATCH_FIELD_UM = "patch_field_um"  # model card: side of the image patch read per spot, µm
+MODEL_MPP = "microns_per_pixel"  # model card: µm per pixel of the patch after resampling
+COARSE_FACTOR = 2.0  # warn when a section's pixels are this much coarser than the training sections'
 
 
 class NotFittedError(StfusionError, RuntimeError):
@@ -86,17 +92,31 @@ def dense(x) -> np.ndarray:
 
 
 class Model(ABC):
-    """Base class: stores hyperparameters, the fitted genes, and a JSON model card."""
+    """Base class: stores hyperparameters, the fitted genes, and a JSON model card.
+
+    Every subclass's ``fit`` records a summary of its training data (sections, spots, µm per
+    pixel) for the card, and its ``predict`` first checks the section's scale
+    (:meth:`check_section`); both are added by ``__init_subclass__``, so subclasses need no code.
+    """
 
     name: ClassVar[str] = "model"
     description: ClassVar[str] = ""
     input_kind: ClassVar[str] = "histology"  # histology | reference | coordinates
     has_uncertainty: ClassVar[bool] = False
     has_super_resolution: ClassVar[bool] = False
+    normalisation: ClassVar[str] = TARGET_DESCRIPTION  # training target; subclasses that train on another say so
 
     def __init__(self, **hyperparams: Any) -> None:
         self.hyperparams = dict(hyperparams)
         self.genes_: list[str] | None = None
+        self.training_data_: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:
+            cls.fit = _recording_fit(cls.__dict__["fit"])
+        if "predict" in cls.__dict__:
+            cls.predict = _checking_predict(cls.__dict__["predict"])
 
     # -- interface
     @abstractmethod
@@ -112,6 +132,7 @@ class Model(ABC):
         return self.genes_
 
     def card(self) -> dict[str, Any]:
+        """The model card: what the model is, what it was trained on, and the scale it expects."""
         from stfusion import __version__
 
         return {
@@ -119,7 +140,43 @@ class Model(ABC):
             "version": __version__,
             "hyperparams": self.hyperparams,
             "genes": self.genes_,
+            "n_genes": None if self.genes_ is None else len(self.genes_),
+            "input": self.input_kind,
+            "normalisation": self.normalisation,
+            **self.image_scale(),
+            "training_data": getattr(self, "training_data_", None),
+            "validation": self.validation_summary(),
         }
+
+    def image_scale(self) -> dict[str, float | None]:
+        """Physical scale of the image input: ``patch_field_um`` (side of the patch read per spot)
+        and ``microns_per_pixel`` (of the patch after resampling). None for models without images.
+
+        Default: the ``patch_um`` and ``out_px`` hyperparameters when the model has them.
+        """
+        field, px = self.hyperparams.get("patch_um"), self.hyperparams.get("out_px")
+        return {
+            PATCH_FIELD_UM: None if field is None else float(field),
+            MODEL_MPP: None if field is None or not px else float(field) / float(px),
+        }
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Metrics on a validation split held out during training. Default: none was used."""
+        return {"split": None, "note": "no validation split was held out during training"}
+
+    def check_section(self, section: ad.AnnData) -> None:
+        """Fail clearly when ``section`` cannot be predicted at the scale the model expects.
+
+        Models with image input read patches of a physical size (µm) and resample them, so any
+        microns-per-pixel is rescaled soundly; the section must record one. A section much coarser
+        than the training sections only logs a warning (its patches are upsampled, so detail the
+        model learnt from is not there to see).
+        """
+        if self.input_kind != "histology":
+            return
+        rows = (getattr(self, "training_data_", None) or {}).get("sections") or []
+        trained = [r["microns_per_pixel"] for r in rows if r.get("microns_per_pixel")]
+        check_section_scale(section, float(np.median(trained)) if trained else None, type(self).__name__)
 
     def save(self, directory: str | Path) -> Path:
         """Write the model card (JSON); subclasses add their weights."""
@@ -141,6 +198,7 @@ class Model(ABC):
             )
         model = cls(**card["hyperparams"])
         model.genes_ = list(card["genes"])
+        model.training_data_ = card.get("training_data")
         return model, card
 
     @staticmethod
@@ -149,6 +207,64 @@ class Model(ABC):
         if not path.exists():
             raise StfusionError(f"{directory} is not a saved stfusion model (no model.json). Save one with model.save(dir).")
         return json.loads(path.read_text())
+
+
+def training_summary(sections: Any) -> dict[str, Any] | None:
+    """Sections, spots and µm per pixel of the training data (for the model card)."""
+    items = [sections] if isinstance(sections, ad.AnnData) else list(sections) if isinstance(sections, (list, tuple)) else []
+    items = [s for s in items if isinstance(s, ad.AnnData)]
+    if not items:
+        return None
+    rows = []
+    for i, s in enumerate(items):
+        lib = next(iter(s.uns.get(K.SPATIAL, {}).values()), {}) if isinstance(s.uns.get(K.SPATIAL), dict) else {}
+        mpp = lib.get(K.MICRONS_PER_PIXEL) if isinstance(lib, dict) else None
+        sid = s.uns.get(K.STFUSION, {}).get(K.SECTION_ID) or f"section{i}"
+        rows.append({"section": str(sid), "spots": int(s.n_obs), "genes": int(s.n_vars),
+                     "microns_per_pixel": None if mpp is None else float(mpp)})
+    return {"n_sections": len(rows), "n_spots": sum(r["spots"] for r in rows), "sections": rows}
+
+
+def check_section_scale(section: ad.AnnData, trained_mpp: float | None, who: str) -> None:
+    """Raise when the section has no microns per pixel; warn when it is much coarser than ``trained_mpp``
+    (the training sections' median)."""
+    from stfusion.errors import ScaleError
+
+    lib = next(iter(section.uns.get(K.SPATIAL, {}).values()), None) if isinstance(section.uns.get(K.SPATIAL), dict) else None
+    mpp = lib.get(K.MICRONS_PER_PIXEL) if isinstance(lib, dict) else None
+    if mpp is None or not np.isfinite(float(mpp)) or float(mpp) <= 0:
+        raise ScaleError(
+            f"{who} reads the H&E at a physical scale, but the section records no valid microns per pixel "
+            f"(uns['spatial'][library]['{K.MICRONS_PER_PIXEL}'] = {mpp!r}). Read it again with "
+            "--microns-per-pixel (`stfusion read ... --microns-per-pixel 0.5`)."
+        )
+    if trained_mpp and float(mpp) > COARSE_FACTOR * float(trained_mpp):
+        logging.getLogger("stfusion").warning(
+            f"{who} was trained on images of {trained_mpp:.3g} µm/px but this section's has {float(mpp):.3g} µm/px: "
+            f"its patches are {float(mpp) / trained_mpp:.1f}x coarser, so predictions may be less accurate than "
+            "on the training data. Use a higher-resolution image of the section if there is one."
+        )
+
+
+def _recording_fit(fit: Any) -> Any:
+    @functools.wraps(fit)
+    def wrapper(self: Model, *args: Any, **kwargs: Any) -> Any:
+        result = fit(self, *args, **kwargs)
+        summary = training_summary(args[0] if args else kwargs.get("train_sections"))
+        if summary is not None:
+            self.training_data_ = summary
+        return result
+
+    return wrapper
+
+
+def _checking_predict(predict: Any) -> Any:
+    @functools.wraps(predict)
+    def wrapper(self: Model, section: ad.AnnData, *args: Any, **kwargs: Any) -> Any:
+        self.check_section(section)
+        return predict(self, section, *args, **kwargs)
+
+    return wrapper
 
 
 def _json_default(obj: Any) -> Any:

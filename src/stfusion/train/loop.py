@@ -8,15 +8,28 @@ quiet console. :func:`predict_batches` runs a fitted net over a dataset.
 
 Best weights are kept as an in-memory CPU copy of the state dict (also stored in the
 checkpoints, so ``resume=True`` keeps them); they do not depend on ``checkpoint_dir``.
+
+Several processes or machines (DDP): pass ``devices``/``num_nodes``/``strategy`` to :func:`fit`,
+or wrap code that trains (e.g. ``model.fit(sections)``, whose methods do not expose them) in
+:func:`trainer_settings`. ``strategy="ddp"`` on the CPU is DDP over gloo started by Lightning's
+default launcher, which re-runs the current command once per extra process (the right choice for
+``stfusion fit --strategy ddp``, and under ``torchrun``/SLURM); every process then runs the whole
+script, so only :func:`is_global_zero` should write outputs. ``"ddp_fork"`` forks the workers
+from the calling process instead (works in notebooks and under pytest; POSIX, CPU only) and
+``"ddp_spawn"`` starts fresh interpreters (needs a picklable net and loss function). With fork
+and spawn the history and best weights come back from rank 0 to the caller.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +59,13 @@ _NOISY_WARNINGS = (
     r".*Tensor Cores.*",
     r".*treespec, LeafSpec.*",  # torch 2.13 deprecation hit inside Lightning 2.6
     r".*`validation_step` but have no `val_dataloader`.*",
+    r".*sync_dist=True.*",
+    r".*static graph optimizations.*",
 )
+DDP_STRATEGIES = {"ddp": "popen", "ddp_fork": "fork", "ddp_spawn": "spawn"}  # name -> Lightning start method
+_RECORDER_FILE = "recorder.pt"
+# Trainer settings for code that trains without exposing them (see trainer_settings); scoped per context.
+_SETTINGS: ContextVar[dict[str, Any] | None] = ContextVar("stfusion_trainer_settings", default=None)
 
 
 @dataclass
@@ -111,9 +130,10 @@ class TrainModule(L.LightningModule):
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         loss, extras = _split_loss(self.loss_fn(self.net, batch))
         n = batch_size_of(batch)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
+        sync = self.trainer.world_size > 1  # epoch means over every process's batches
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True, sync_dist=sync)
         for key, value in extras.items():
-            self.log(f"{stage}_{key}", value, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"{stage}_{key}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=sync)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -156,11 +176,25 @@ def batch_size_of(batch: Any) -> int:
 class _Recorder(Callback):
     """Per-epoch history, in-memory best weights and RNG states (saved in checkpoints)."""
 
-    def __init__(self) -> None:
+    def __init__(self, export_dir: Path | None = None) -> None:
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None
         self.best_val_loss: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.export_dir = export_dir  # fork/spawn DDP: rank 0 writes its results here for the caller
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.export_dir is not None and trainer.is_global_zero:
+            state = {k: v for k, v in self.state_dict().items() if k != "rng"}
+            torch.save(state, self.export_dir / _RECORDER_FILE)
+
+    def import_results(self) -> None:
+        """Take over rank 0's history and best weights (fork/spawn DDP), when it wrote them."""
+        path = None if self.export_dir is None else self.export_dir / _RECORDER_FILE
+        if path is not None and path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.history, self.best_epoch = list(state["history"]), state["best_epoch"]
+            self.best_val_loss, self.best_state = state["best_val_loss"], state["best_state"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         row = _epoch_row(trainer)
@@ -249,9 +283,9 @@ def _resume_path(checkpoint_dir: Path | None, resume: bool) -> str | None:
 
 
 def _callbacks(
-    has_val: bool, patience: int | None, checkpoint_dir: Path | None, progress: bool
+    has_val: bool, patience: int | None, checkpoint_dir: Path | None, progress: bool, export_dir: Path | None = None
 ) -> tuple[_Recorder, EarlyStopping | None, ModelCheckpoint | None, list[Callback]]:
-    recorder = _Recorder()
+    recorder = _Recorder(export_dir)
     callbacks: list[Callback] = [recorder]
     stopper = ckpt = None
     if patience is not None and has_val:
@@ -272,6 +306,64 @@ def _callbacks(
     if progress:
         callbacks.append(TQDMProgressBar())
     return recorder, stopper, ckpt, callbacks
+
+
+# ---------------------------------------------------------------- several processes / machines
+
+
+@contextmanager
+def trainer_settings(
+    *, devices: int | str | list[int] | None = None, num_nodes: int | None = None, strategy: str | Any | None = None,
+    accelerator: str | None = None,
+) -> Iterator[None]:
+    """Train with these Lightning settings inside the block (every :func:`fit` call there).
+
+    For methods whose ``fit`` does not expose them, e.g.
+    ``with trainer_settings(devices=2, strategy="ddp"): STNet().fit(sections)``.
+    Settings left at None keep what the caller of :func:`fit` passed. Scoped to the block
+    (a :class:`contextvars.ContextVar`), so concurrent code is not affected.
+    """
+    given = {"devices": devices, "num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}
+    merged = {**(_SETTINGS.get() or {}), **{k: v for k, v in given.items() if v is not None}}
+    token = _SETTINGS.set(merged)
+    try:
+        yield
+    finally:
+        _SETTINGS.reset(token)
+
+
+def make_strategy(strategy: str | Any, accelerator: str = "cpu") -> str | Any:
+    """Lightning strategy for ``strategy``: the DDP names become a ``DDPStrategy`` (gloo on the CPU).
+
+    ``"ddp"`` re-runs the command per process (Lightning's default launcher), ``"ddp_fork"``
+    forks from this process, ``"ddp_spawn"`` starts fresh interpreters. Other values
+    (``"auto"``, a Strategy object) are returned unchanged.
+    """
+    if not isinstance(strategy, str) or strategy not in DDP_STRATEGIES:
+        return strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    backend = "gloo" if str(accelerator) == "cpu" or not torch.cuda.is_available() else None
+    return DDPStrategy(process_group_backend=backend, start_method=DDP_STRATEGIES[strategy])
+
+
+def is_global_zero() -> bool:
+    """True in the process that should write outputs: rank 0 of a DDP run, or any single process.
+
+    After :func:`fit` with ``strategy="ddp"`` every process runs the rest of the script;
+    guard saving with this (``stfusion fit`` does).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0 and (
+        int(os.environ.get("NODE_RANK", "0") or 0) == 0
+    )
+
+
+def _start_method(strategy: Any) -> str | None:
+    return getattr(strategy, "_start_method", None)
 
 
 def fit(
@@ -321,6 +413,10 @@ def fit(
     :class:`lightning.Trainer`. ``progress=False`` prints nothing.
     """
     start = time.perf_counter()
+    settings = _SETTINGS.get() or {}
+    accelerator = settings.get("accelerator", accelerator)
+    devices, num_nodes = settings.get("devices", devices), settings.get("num_nodes", num_nodes)
+    strategy = make_strategy(settings.get("strategy", strategy), accelerator)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     ckpt_path = _resume_path(ckpt_dir, resume)
     seed_everything(seed)
@@ -329,29 +425,27 @@ def fit(
     if val_data is not None:
         val_loader = make_loader(val_data, batch_size, shuffle=False, seed=seed, collate_fn=collate_fn, num_workers=num_workers)
     module = TrainModule(net, loss_fn, make_optimizer_factory(optimizer, lr, weight_decay), scheduler)
-    recorder, stopper, ckpt, callbacks = _callbacks(val_loader is not None, early_stopping_patience, ckpt_dir, progress)
-    with quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=int(epochs),
-            max_time=timedelta(seconds=max_time_s) if max_time_s is not None else None,
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            callbacks=callbacks,
-            logger=logger,
-            enable_checkpointing=ckpt is not None,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=ckpt_dir,
-            gradient_clip_val=gradient_clip_val,
-            log_every_n_steps=log_every_n_steps,
-            **dict(trainer_kwargs or {}),
+    with tempfile.TemporaryDirectory(prefix="stfusion-ddp-") as export:
+        forked = _start_method(strategy) in ("fork", "spawn", "forkserver")
+        recorder, stopper, ckpt, callbacks = _callbacks(
+            val_loader is not None, early_stopping_patience, ckpt_dir, progress, Path(export) if forked else None
         )
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+        _run_trainer(
+            module, train_loader, val_loader, callbacks, ckpt_path,
+            max_epochs=int(epochs), max_time=timedelta(seconds=max_time_s) if max_time_s is not None else None,
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=logger,
+            enable_checkpointing=ckpt is not None, enable_progress_bar=progress, default_root_dir=ckpt_dir,
+            gradient_clip_val=gradient_clip_val, log_every_n_steps=log_every_n_steps, **dict(trainer_kwargs or {}),
+        )  # fmt: skip
+        recorder.import_results()
     timed = max_time_s is not None
     return _finish(net, recorder, stopper, ckpt, restore_best, epochs, timed, time.perf_counter() - start)
+
+
+def _run_trainer(module: TrainModule, train_loader, val_loader, callbacks, ckpt_path, **kwargs: Any) -> None:
+    with quiet_lightning():
+        trainer = L.Trainer(callbacks=callbacks, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
 
 
 def _finish(

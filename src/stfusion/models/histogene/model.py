@@ -113,6 +113,10 @@ def smooth_neighbours(y: np.ndarray, pos: np.ndarray, weight: float) -> np.ndarr
     return ((1 - weight) * y + weight * neigh).astype(np.float32)
 
 
+NORMALISATIONS = {"reference": "log10(1 + 1e4 x counts / spot total over the selected genes)",
+                  "paper": "ln(1 + 1e6 x counts / spot total over all genes)"}
+
+
 class HisToGene(Model):
     """HisToGene: vision transformer over a section's spot patches, with super-resolution.
 
@@ -322,6 +326,16 @@ class HisToGene(Model):
         self.net_.eval()
         return self.net_
 
+    def predict_image(self, image_path: str | Path | np.ndarray, microns_per_pixel: float | None = None) -> ad.AnnData:
+        """Predict a square spot lattice (training pitch) over the tissue of an H&E-only slide.
+
+        Streams the slide window by window (:mod:`stfusion.scale`); for slides too large to hold
+        the result in memory use ``stfusion.scale.predict_slide(model, image, out)``.
+        """
+        from stfusion.scale.slide import predict_slide_adata
+
+        return predict_slide_adata(self, image_path, microns_per_pixel)
+
     def predict(self, section: ad.AnnData) -> ad.AnnData:
         """Predicted log1p(counts / total × 1e4) for the section's spots (HisToGene* when ``aggregate_superres``)."""
         genes = self._check_fitted()
@@ -382,9 +396,15 @@ class HisToGene(Model):
         return np.stack([weights[j][0, :, i, :].numpy() for j in chosen])
 
     # ------------------------------------------------------------------ persistence
+    def image_scale(self) -> dict[str, float | None]:
+        field = self.state_.get("patch_um") or self.hyperparams["patch_um"]
+        return {"patch_field_um": None if field is None else float(field),
+                "microns_per_pixel": None if field is None else float(field) / self.hyperparams["patch_px"]}
+
     def card(self) -> dict[str, Any]:
         hp = self.hyperparams
-        return {**super().card(), **self.state_, "normalization": hp["normalization"], "patch_px": hp["patch_px"],
+        norm = NORMALISATIONS[hp["normalization"]]
+        return {**super().card(), **self.state_, "normalisation": norm, "normalization": hp["normalization"], "patch_px": hp["patch_px"],
                 "dim": hp["dim"], "depth": hp["depth"], "heads": hp["heads"], "grid_size": hp["grid_size"],
                 "seed": hp["seed"], "preset": hp["preset"], "epochs_run": len(self.history_)}
 

@@ -328,10 +328,12 @@ class SpaIM:
         content = torch.from_numpy(self._content_of(genes))
         device = next(net.parameters()).device
         step = self.hyperparams["batch_size"]
+        values = np.empty((len(self.obs_names_), len(genes)), np.float32)  # filled a batch of genes at a time
         with torch.no_grad():
-            chunks = [net.generate(content[i : i + step].to(device))["fake"].cpu() for i in range(0, len(genes), step)]
-        values = torch.cat(chunks).numpy().T if chunks else np.zeros((len(self.obs_names_), 0), np.float32)
-        return self._wrap(np.clip(values, 0.0, None), genes)
+            for i in range(0, len(genes), step):
+                fake = net.generate(content[i : i + step].to(device))["fake"].cpu().numpy()
+                np.clip(fake.T, 0.0, None, out=values[:, i : i + step])
+        return self._wrap(values, genes)
 
     def fit_impute(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str]) -> ad.AnnData:
         """Train on the shared genes other than ``genes``, then impute ``genes``."""

@@ -303,6 +303,26 @@ class STNet(Model):
         return out
 
     # ------------------------------------------------------------------ save / load
+    def image_scale(self) -> dict[str, float | None]:
+        return {"patch_field_um": float(self.config["patch_um"]),
+                "microns_per_pixel": float(self.config["patch_um"]) / int(self.config["out_px"])}
+
+    def validation_summary(self) -> dict[str, Any]:
+        """The held-out section's loss when ``epoch_selection`` held one out (holdout / refit)."""
+        info = self.info_ or {}
+        history = info.get("selection_history") or (info.get("history") if info.get("epoch_selection") == "holdout" else None)
+        losses = [row["val_loss"] for row in history or [] if row.get("val_loss") is not None]
+        if not losses:
+            return super().validation_summary()
+        sections = info.get("training_sections") or []
+        best = int(np.argmin(losses))
+        return {"split": "last training section held out (epoch selection)",
+                "section": sections[-1] if sections else None,
+                "metric": f"val_loss (MSE of {self.expression_space}, the training target)",
+                "best_val_loss": float(losses[best]), "best_epoch": best,
+                "final_model": "trained on all sections for the selected epochs" if info.get("epoch_selection") == "refit"
+                else "weights of the best held-out epoch"}
+
     def card(self) -> dict[str, Any]:
         card = super().card()
         cfg = self.config
