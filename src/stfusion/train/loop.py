@@ -15,7 +15,8 @@ or wrap code that trains (e.g. ``model.fit(sections)``, whose methods do not exp
 default launcher, which re-runs the current command once per extra process (the right choice for
 ``stfusion fit --strategy ddp``, and under ``torchrun``/SLURM); every process then runs the whole
 script, so only :func:`is_global_zero` should write outputs. ``"ddp_fork"`` forks the workers
-from the calling process instead (works in notebooks and under pytest; POSIX, CPU only) and
+from the calling process instead (POSIX, CPU only; set ``OMP_NUM_THREADS=1`` before torch starts:
+forking after torch has started its OpenMP thread pool can deadlock the children) and
 ``"ddp_spawn"`` starts fresh interpreters (needs a picklable net and loss function). With fork
 and spawn the history and best weights come back from rank 0 to the caller.
 """
