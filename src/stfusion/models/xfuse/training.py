@@ -20,6 +20,7 @@ learning rates do not depend on the section size.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ log = logging.getLogger("stfusion")
 _LOG_2PI = float(np.log(2 * np.pi))
 IMAGE_SD_LR_FACTOR = 0.1
 EXPR_GROUP = 2  # index of the expression parameter group in make_optimizer
+SCORE_PATCHES_MAX = 32  # cap of the patches a drop-and-split round is judged on
 GRAD_CLIP = 10.0  # global gradient-norm clip of the per-pixel loss (guards against rare spikes)
 
 
@@ -147,8 +149,9 @@ def train(
                    "metagenes": expr.n_active, "seconds": time.perf_counter() - start}
             history.append(row)
             if metagene_interval and step % metagene_interval == 0 and step < steps:
-                event = drop_and_split(net, expr, opt, sampler.sample(batch_size), weight, fresh=fresh,
-                                       allow_split=step < split_until * steps, generator=gen)
+                n_score = scoring_patches(sampler.patches_per_epoch, batch_size)
+                event = drop_and_split(net, expr, opt, sampler.sample(n_score), sampler.patches_per_epoch / n_score,
+                                       fresh=fresh, allow_split=step < split_until * steps, generator=gen)
                 fresh = set(event["fresh"])
                 events.append({"step": step, **event})
                 log.debug("xfuse step %d: metagenes %d -> %d", step, event["before"], event["after"])
@@ -158,6 +161,14 @@ def train(
                 break
     net.eval()
     return history, events, timed_out
+
+
+def scoring_patches(patches_per_epoch: float, batch_size: int) -> int:
+    """Patches a drop-and-split round is judged on: enough to cover the tissue once (at most
+    ``SCORE_PATCHES_MAX``), never fewer than a training batch. Judged on one small batch, a
+    metagene of a region the batch misses contributes nothing but its KL term and is dropped,
+    so on a section much larger than a patch the metagenes collapse to one or two."""
+    return int(max(batch_size, min(SCORE_PATCHES_MAX, math.ceil(patches_per_epoch))))
 
 
 def baseline_sizes(labels: np.ndarray, n_obs: int) -> np.ndarray:
