@@ -10,6 +10,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored after: the nets in these tests are tiny, and one
+    thread avoids oversubscribing a shared 2-core CI machine. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("STFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
-import torch
 
 from stfusion import _constants as K
 from stfusion.baselines.knn_reference import KNNReferenceImputer
@@ -22,12 +21,7 @@ TINY = {"epochs": 3, "batch_size": 8, "hidden": [32, 16]}
 TINY_ARGS = ["-p", "epochs=3", "-p", "batch_size=8", "-p", "hidden=[32,16]"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,7 @@ def fit_cmd(
             params[key] = value
     data = [read_h5ad(p) for p in sections]
     covariates = parse_covariates(covariate, len(data))
-    from stfusion.train.loop import is_global_zero, trainer_settings
+    from stfusion.train.distributed import is_global_zero, trainer_settings
 
     with trainer_settings(devices=devices, num_nodes=num_nodes, strategy=strategy):
         model = fit(method, data, genes=_genes_spec(genes), covariates=covariates, progress=show_progress(), **params)

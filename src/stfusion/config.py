@@ -210,7 +210,7 @@ def run_fit(*, method: str, sections: list, out: Path | None = None, genes: Any 
     from stfusion.cli_xfuse import parse_covariates
     from stfusion.io import read_h5ad
     from stfusion.models.api import fit, save_model
-    from stfusion.train.loop import is_global_zero, trainer_settings
+    from stfusion.train.distributed import is_global_zero, trainer_settings
 
     params = _parse_params(list(param))
     for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed)):
@@ -394,7 +394,7 @@ def recorded(command: str) -> Callable:
 
 
 def _finish_record(command: str, params: dict[str, Any], staging: Path, target: Path, status: str, started: float) -> None:
-    from stfusion.train.loop import is_global_zero
+    from stfusion.train.distributed import is_global_zero
 
     if not is_global_zero():  # DDP: every process runs the command; rank 0 keeps the record
         shutil.rmtree(staging, ignore_errors=True)

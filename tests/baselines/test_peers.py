@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from stfusion import _constants as K
 from stfusion.baselines import peers
@@ -26,12 +25,7 @@ need_tangram = pytest.mark.skipif(not peer_available("tangram"), reason="tangram
 need_scvi = pytest.mark.skipif(not peer_available("scvi"), reason="scvi-tools not installed: pip install 'stfusion[peers]'")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

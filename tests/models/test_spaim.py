@@ -50,13 +50,7 @@ def heldout_scores(ref, sp, hold):
     return np.nanmean(pearson(truth, pred)), shuffled, np.nanmean(pearson(truth, knn))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These nets are tiny: one thread avoids oversubscribing a shared CI machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from stfusion.train.loop import fit, make_strategy, seed_everything, trainer_settings
+from stfusion.train.distributed import make_strategy
+from stfusion.train.loop import fit, seed_everything
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="ddp_fork needs fork (POSIX)")
 

@@ -6,7 +6,6 @@ import anndata as ad
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from stfusion.data.patches import ImageReader
 from stfusion.data.section import section_from_image
@@ -17,12 +16,7 @@ MPP = 1.5
 GENES = [f"g{i}" for i in range(4)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from scipy import sparse
 from stfusion import _constants as K
 from stfusion.errors import OptionalDependencyError, StfusionError
 from stfusion.models.base import NotFittedError
-from stfusion.models.spaim.model import UnimputableGenesError, log1p_expression, reference_clusters
+from stfusion.models.spaim.model import UnimputableGenesError, imputed_anndata, log1p_expression, reference_clusters
 
 __all__ = ["GimVIImputer", "TangramImputer", "peer_available"]
 
@@ -191,15 +191,7 @@ class _ReferencePeer:
         return model, a
 
     def _wrap(self, values: np.ndarray, genes: list[str]) -> ad.AnnData:
-        out = ad.AnnData(
-            X=np.ascontiguousarray(values, dtype=np.float32),
-            obs=pd.DataFrame(index=pd.Index(self.obs_names_)),
-            var=pd.DataFrame({"imputed": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes)),
-        )
-        for key, arr in self.obsm_.items():
-            out.obsm[key] = arr.copy()
-        out.uns[K.STFUSION] = {"method": self.name, "expression_space": self.expression_space}
-        return out
+        return imputed_anndata(values, genes, self.obs_names_, self.obsm_, self.name, self.expression_space)
 
 
 # --------------------------------------------------------------------------- Tangram

@@ -3,7 +3,7 @@
 - :func:`predict_slide`: one H&E-only slide -> ``.h5ad`` of spot predictions, streaming tiles
   and result rows (ST-Net, HisToGene).
 - :func:`predict_slides`: many slides through a Dask cluster, resumable.
-- Training on several processes/machines: :func:`stfusion.train.loop.trainer_settings`.
+- Training on several processes/machines: :func:`stfusion.train.distributed.trainer_settings`.
 """
 
 from stfusion.scale.slide import SlideResult, predict_slide, predict_slide_adata, slide_microns_per_pixel, spot_lattice

@@ -185,6 +185,21 @@ def _accelerator(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- model
+def imputed_anndata(values: np.ndarray, genes: Sequence[str], obs_names: Sequence[str], obsm: dict[str, np.ndarray],
+                    method: str, expression_space: str) -> ad.AnnData:
+    """Imputed values (spatial cells x ``genes``) as AnnData: the spatial cells' names and a copy of
+    their ``obsm``, ``var["imputed"]`` set, and the method and expression space in ``uns``."""
+    out = ad.AnnData(
+        X=np.ascontiguousarray(values, dtype=np.float32),
+        obs=pd.DataFrame(index=pd.Index(obs_names)),
+        var=pd.DataFrame({"imputed": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes)),
+    )
+    for key, arr in obsm.items():
+        out.obsm[key] = arr.copy()
+    out.uns[K.STFUSION] = {"method": method, "expression_space": expression_space}
+    return out
+
+
 class SpaIM:
     """SpaIM imputer for ONE spatial dataset (its output layer has one unit per spatial cell).
 
@@ -345,16 +360,8 @@ class SpaIM:
         return self.fit(reference, spatial, [g for g in shared if g not in hold]).impute(genes)
 
     def _wrap(self, values: np.ndarray, genes: list[str]) -> ad.AnnData:
-        out = ad.AnnData(
-            X=np.ascontiguousarray(values, dtype=np.float32),
-            obs=pd.DataFrame(index=pd.Index(self.obs_names_)),
-            var=pd.DataFrame({"imputed": np.ones(len(genes), dtype=bool)}, index=pd.Index(genes)),
-        )
-        for key, arr in self.obsm_.items():
-            out.obsm[key] = arr.copy()
         space = "log1p_counts" if self.hyperparams["target_sum"] is None else "log1p_cp10k"
-        out.uns[K.STFUSION] = {"method": self.name, "expression_space": space}
-        return out
+        return imputed_anndata(values, genes, self.obs_names_, self.obsm_, self.name, space)
 
     # -- persistence
     def card(self) -> dict[str, Any]:
