@@ -244,7 +244,8 @@ class XFuse(Model):
     def _draws(self, data: D.SectionData, W, samples: int | None) -> P.Draws:
         net, expr = self._fitted()
         n = int(samples or self.hyperparams["samples"])
-        return P.draw_areas(net, expr, data, W, n, self.hyperparams["seed"], progress=self.progress)
+        return P.draw_areas(net, expr, data, W, n, self.hyperparams["seed"], frame_px=self.hyperparams["patch_px"],
+                            progress=self.progress)
 
     def _stats(self, draws: P.Draws, idx: np.ndarray) -> dict[str, np.ndarray]:
         return P.summarize(draws, idx, self.state_["modelled_fraction"])
@@ -377,7 +378,7 @@ class XFuse(Model):
 
         net, expr = self._fitted()
         data = section if isinstance(section, D.SectionData) else self._data(section)
-        s_map, a_map, box = P.mean_maps(net, expr, data)
+        s_map, a_map, box = P.mean_maps(net, expr, data, self.hyperparams["patch_px"])
         return cmyk_summary(s_map, a_map, data.tissue, box)
 
     def image_data(self, image_path: str | Path, microns_per_pixel: float,
