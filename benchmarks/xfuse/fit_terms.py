@@ -54,6 +54,7 @@ def main() -> None:
               f"metagenes {win[-1]['metagenes']}")
     print(f"median r visible {median_r(model.predict(train), train, genes):.3f}, hidden {median_r(model.predict(test), test, genes):.3f}")
     counts_vs_share(model, train, genes)
+    activity_check(model, train, genes)
 
 
 def counts_vs_share(model, part, genes: list[str]) -> None:
@@ -71,6 +72,40 @@ def counts_vs_share(model, part, genes: list[str]) -> None:
           f"modelled totals r {np.corrcoef(nu.sum(1), xg.sum(1))[0, 1]:.3f}; "
           f"expected / measured total vs target median r "
           f"{np.nanmedian(M.genewise_pearson(np.log1p(nu / x.sum(1)[:, None] * 1e4), truth)):.3f}")
+
+
+
+def activity_check(model, part, genes: list[str]) -> None:
+    """On the visible spots: are the image-predicted metagene shares where the counts want them?
+
+    Per spot, the non-negative least-squares mix of the model's own metagene profiles (posterior
+    means, raw counts; dominated by high-count genes, a rough reference) gives "oracle" shares.
+    Prints the median r of the target reached with those shares, and per metagene the
+    correlation of the model's shares with them and the SD of each across spots.
+    """
+    import torch
+    from scipy.optimize import nnls
+
+    from stfusion.models.xfuse import data as D
+    from stfusion.models.xfuse import predict as P
+
+    net, expr = model._fitted()
+    x = M.dense(part.X)
+    xg = x[:, [part.var_names.get_loc(g) for g in genes]]
+    draw = expr.sample(mean=True)
+    offset, logit = expr.log_rate_and_logit(draw, torch.zeros(expr.n_effects))
+    prof = (torch.exp(draw["L"]) * torch.exp(offset + logit)).detach().numpy()[:, [model.genes_.index(g) for g in genes]]
+    w = np.stack([nnls(prof.T, c)[0] for c in xg])
+    pred = w @ prof
+    total = pred.sum(1, keepdims=True) / model.state_["modelled_fraction"]
+    r = np.nanmedian(M.genewise_pearson(np.log1p(pred / np.maximum(total, 1e-12) * 1e4), M.log1p_cp10k(xg, x.sum(1))))
+    data = model._data(part)
+    W = D.area_weights(D.area_spec(part), data.fx, data.fy, data.shape)
+    A = P.draw_areas(net, expr, data, W, 1, 0, mean=True, frame_px=model.hyperparams["patch_px"]).A[0]
+    share, oracle = A / A.sum(1, keepdims=True), w / np.maximum(w.sum(1, keepdims=True), 1e-12)
+    corr = [round(float(np.corrcoef(share[:, k], oracle[:, k])[0, 1]), 2) for k in range(share.shape[1])]
+    print(f"visible spots: oracle-share median r {r:.4f}; model vs oracle share r per metagene {corr}; "
+          f"share SD model {[round(float(v), 3) for v in share.std(0)]}, oracle {[round(float(v), 3) for v in oracle.std(0)]}")
 
 
 if __name__ == "__main__":
