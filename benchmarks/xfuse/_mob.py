@@ -49,6 +49,16 @@ def top_genes(sections: Sequence[ad.AnnData], n: int = 100) -> list[str]:
     return list(resolve_genes(int(n), list(sections)))
 
 
+def holdout_fold(section: str = "MOB1", seed: int = 0, n_genes: int = 100) -> tuple[ad.AnnData, ad.AnnData, list[str]]:
+    """(visible, hidden, genes) of ``mob_holdout.toml``'s fold of ``section``: 50% of the spots
+    hidden by ``spot_holdout`` (seed), top ``n_genes`` by mean of the visible spots."""
+    from stfusion.benchmark.protocols import spot_holdout
+
+    fold = next(spot_holdout([read(section)], 0.5, seed))
+    train = fold.train[0]
+    return train, fold.test, top_genes([train], n_genes)
+
+
 def set_threads(n: int) -> None:
     import torch
 

@@ -27,7 +27,6 @@ from holdout_variants import median_r  # noqa: E402
 
 
 def main() -> None:
-    from stfusion.benchmark.protocols import spot_holdout
     from stfusion.models.xfuse import XFuse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,9 +35,7 @@ def main() -> None:
     ap.add_argument("--at", type=int, nargs="+", default=[500, 1000, 2000, 3000, 4000, 4900, 5100, 5500, 6000])
     args = ap.parse_args()
     M.set_threads(1)
-    fold = next(spot_holdout([M.read("MOB1")], 0.5, 0))
-    train, test = fold.train[0], fold.test
-    genes = M.top_genes([train], 100)
+    train, test, genes = M.holdout_fold("MOB1", 0)
     if (args.model / "weights.pt").is_file():
         model = XFuse.load(args.model)
     else:

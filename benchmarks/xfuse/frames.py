@@ -34,6 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _mob as M  # noqa: E402
+from holdout_variants import pearson_per_gene  # noqa: E402
 
 FRAMES = (128, 192, 256, 640)
 SPEED_MODEL = M.REPO / "benchmarks" / "runs" / "xfuse_mob_speed" / "model"
@@ -70,21 +71,15 @@ def synthetic_rows(seeds: list[int], samples: int) -> list[dict]:
 
 
 def holdout_rows(seed: int) -> list[dict]:
-    from stfusion.benchmark.protocols import spot_holdout
     from stfusion.models.xfuse import XFuse
 
-    fold = next(spot_holdout([M.read("MOB1")], 0.5, seed))
-    train, test = fold.train[0], fold.test
-    genes = M.top_genes([train], 100)
+    train, test, genes = M.holdout_fold("MOB1", seed)
     start = time.perf_counter()
     model = XFuse(preset="fast", progress=False, samples=10, seed=seed).fit([train], genes=genes)
     fit_s = time.perf_counter() - start
-    x = M.dense(test.X)
-    truth = M.log1p_cp10k(x[:, [test.var_names.get_loc(g) for g in genes]], x.sum(1))
     rows = []
     for frame in (128, 640):
-        pred = with_frame(model, frame).predict(test)
-        r = M.genewise_pearson(np.asarray(pred[:, genes].X), truth)
+        r = pearson_per_gene(with_frame(model, frame).predict(test), test, genes)
         rows.append({"frame_px": frame, "median_r": float(np.nanmedian(r)), "mean_r": float(np.nanmean(r)),
                      "metagenes": model.expr_.n_active, "fit_s": round(fit_s, 1)})
     return rows

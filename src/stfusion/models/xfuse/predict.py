@@ -36,7 +36,6 @@ from stfusion.models.xfuse.nn import XFuseNet
 from stfusion.models.xfuse.sampling import image_tensor, to_model_range
 
 TARGET_SUM = 1e4
-FRAME_PX = 128  # frame side when none is given (the fast preset's patch)
 FRAME_PIXELS = 2**19  # pixels of the frames that go through the network together
 GENE_CHUNK = 128
 
@@ -82,7 +81,7 @@ def _input(image01: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.T
 
 
 def _tile_maps(net: XFuseNet, image01: torch.Tensor, tiles, n_samples: int, active: torch.Tensor,
-               gen: torch.Generator | None, mean: bool = False, frame_px: int = FRAME_PX):
+               gen: torch.Generator | None, mean: bool, frame_px: int):
     """Yield (tile, sample index, s (h, w), a (M, h, w)) for every tile and sample.
 
     Each tile is the centre of a ``frame_px`` frame (white beyond the image); groups of
@@ -104,7 +103,7 @@ def _tile_maps(net: XFuseNet, image01: torch.Tensor, tiles, n_samples: int, acti
 
 @torch.no_grad()
 def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: sparse.csr_matrix,
-               n_samples: int, seed: int, *, frame_px: int = FRAME_PX, mean: bool = False,
+               n_samples: int, seed: int, *, frame_px: int, mean: bool = False,
                progress: bool = False) -> Draws:
     """Area sums ``A`` and global draws for ``n_samples`` posterior samples (``mean``: posterior means).
 
@@ -265,7 +264,7 @@ def mask_weights(data: SectionData, masks: list[np.ndarray]) -> sparse.csr_matri
 
 @torch.no_grad()
 def mean_maps(net: XFuseNet, expr: ExpressionModel, data: SectionData,
-              frame_px: int = FRAME_PX) -> tuple[np.ndarray, np.ndarray, tuple]:
+              frame_px: int) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Posterior-mean scale (h', w') and activities (M, h', w') over the tissue region box."""
     i0, i1, j0, j1 = data.region_box(margin=4)
     s_map = np.zeros((i1 - i0, j1 - j0), dtype=np.float32)
