@@ -8,6 +8,8 @@ beside the Gaussian-process baseline on the hidden spots. A model that scores as
 training spots as on the hidden ones under-fits the expression; one that is much better there
 over-fits.
 
+``--save DIR`` keeps the fitted model (for ``frozen_heads.py``).
+
 ``--no-drop`` keeps every metagene that drop-and-split creates (the drop step is switched off;
 splits go on), to see whether more metagenes help.
 
@@ -49,7 +51,7 @@ def median_r(pred, part, genes: list[str]) -> float:
     return float(np.nanmedian(pearson_per_gene(pred, part, genes)))
 
 
-def run(name: str, params: dict, no_drop: bool, seed: int) -> dict:
+def run(name: str, params: dict, no_drop: bool, seed: int, save: Path | None = None) -> dict:
     from stfusion.models.registry import get as get_model
     from stfusion.models.xfuse import XFuse
 
@@ -61,6 +63,8 @@ def run(name: str, params: dict, no_drop: bool, seed: int) -> dict:
     start = time.perf_counter()
     model = XFuse(preset="fast", progress=False, samples=10, seed=seed, **params).fit([train], genes=genes)
     fit_s = time.perf_counter() - start
+    if save is not None:
+        model.save(save)
     gp = get_model("gaussian_process")().fit([train], genes=genes)
     return {"variant": name, "params": json.dumps(params, sort_keys=True), "no_drop": no_drop,
             "metagenes": model.expr_.n_active, "steps": len(model.history_), "fit_s": round(fit_s, 1),
@@ -77,10 +81,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT, help="table path without suffix")
+    ap.add_argument("--save", type=Path, help="save the fitted model here (for frozen_heads.py)")
     args = ap.parse_args()
     M.set_threads(args.threads)
     prov = M.Provenance(seed=args.seed, threads=args.threads)
-    row = run(args.name, json.loads(args.params), args.no_drop, args.seed)
+    row = run(args.name, json.loads(args.params), args.no_drop, args.seed, args.save)
     info = prov.stop()
     row.update(date_utc=info["date_utc"], load_start=info["load_start"], load_end=info["load_end"],
                xfuse_source_sha1=info["xfuse_source_sha1"], command=info["command"])
