@@ -78,8 +78,9 @@ class _Scorer:
 
     def __init__(self, net: XFuseNet, expr: ExpressionModel, batch: Batch, weight: float) -> None:
         feats = net.features(net.encode(batch.image).sample(mean=True))
-        self.s = net.scale(feats)
-        self.logits = net.metagene_head(feats)[:, expr.active]
+        field = net.field_at(batch.place, feats.shape[-2:])
+        self.s = net.scale(feats, field)
+        self.logits = net.metagene_logits(feats, expr.active, field)
         self.draw = expr.sample(mean=True)
         self.expr, self.batch, self.weight = expr, batch, weight
 
@@ -138,7 +139,8 @@ def _zero_row(opt: torch.optim.Optimizer, param: torch.Tensor, row: int) -> None
 
 
 def _rows(net: XFuseNet, expr: ExpressionModel) -> list[torch.Tensor]:
-    return [net.metagene_head.weight, net.metagene_head.bias, expr.L_mu, expr.L_log_sd]
+    fields = list(net.field.maps) if net.field is not None else []  # rows 0..M-1 are metagenes
+    return [net.metagene_head.weight, net.metagene_head.bias, expr.L_mu, expr.L_log_sd, *fields]
 
 
 @torch.no_grad()
@@ -156,6 +158,8 @@ def split(net: XFuseNet, expr: ExpressionModel, opt: torch.optim.Optimizer, pare
     head.weight[parent] -= eta
     head.bias[parent] -= math.log(2.0)
     head.bias[child] = head.bias[parent]
+    for field in (net.field.maps if net.field is not None else []):
+        field[child] = field[parent]
     shift = torch.randn(expr.L_mu.shape[1], generator=generator) * SPLIT_NOISE
     if direction is not None:
         shift = shift + (SPLIT_STEP * direction).clamp(-SPLIT_MAX, SPLIT_MAX)
@@ -181,13 +185,14 @@ def drop_and_split(
     *,
     fresh: set[int] | frozenset[int] = frozenset(),
     allow_split: bool = True,
+    allow_drop: bool = True,
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """One drop-and-split round; returns what happened (for ``metagene_history_``).
 
     Non-contributing metagenes are dropped one at a time, the least contributing first,
     re-scoring the rest after each drop (two redundant metagenes each look superfluous, but
-    only one of them is). ``fresh``: rows made by the previous round's splits; they get one
+    only one of them is); ``allow_drop=False`` keeps them all. ``fresh``: rows made by the previous round's splits; they get one
     interval to diverge (neither dropped nor split now). The returned ``"fresh"`` holds this
     round's halves.
     """
@@ -198,7 +203,7 @@ def drop_and_split(
     scores = scorer.contributions(keep, judged)
     first = dict(scores)
     dropped = []
-    while scores and len(keep) > 1:
+    while allow_drop and scores and len(keep) > 1:
         worst = min(scores, key=scores.get)
         if scores[worst] > 0:
             break

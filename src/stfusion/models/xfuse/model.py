@@ -3,8 +3,9 @@ a latent tissue state; super-resolved expression with uncertainty, also from ima
 
 See :mod:`.nn` (networks), :mod:`.likelihood` (collapsed negative-binomial model),
 :mod:`.data` and :mod:`.sampling` (working resolution, areas, patches), :mod:`.metagenes`
-(drop-and-split), :mod:`.training` (the loop), :mod:`.predict` (Monte Carlo prediction)
-and :mod:`.outputs` (DE, summarized maps, image stacks).
+(drop-and-split), :mod:`.training` (the loop), :mod:`.predict` (Monte Carlo prediction),
+:mod:`.outputs` (DE, summarized maps, image stacks) and :mod:`.field` (an optional
+per-section expression field, not part of the paper's model).
 
 Predictions of :meth:`XFuse.predict` are in the benchmarks' target space
 ``log1p(nu_g / total x 1e4)``: ``nu_g`` is the conditional mean expression (expected count)
@@ -82,8 +83,9 @@ class XFuse(Model):
         patches) overrides ``steps`` when given.
     lr, expr_lr
         Adam learning rates of the networks and of the expression parameters.
-    max_metagenes, metagene_interval
-        Cap of drop-and-split and steps between its rounds (0: never, one metagene).
+    max_metagenes, metagene_interval, metagene_drop
+        Cap of drop-and-split, steps between its rounds (0: never, one metagene), and
+        whether non-contributing metagenes are dropped (False: splits only).
     kl_warmup, expr_warmup
         Fractions of the steps over which the latent KL's weight in the loss, and the
         learning rate of the expression parameters, rise from 0 (see :mod:`.training`).
@@ -91,6 +93,11 @@ class XFuse(Model):
         U-Net levels and channels of the first level.
     samples, seed
         Default Monte Carlo samples of predictions; seed of training and prediction.
+    expression_field_um
+        Cell size (µm) of a per-section spatial random effect on the metagene logits and
+        the scale (:mod:`.field`); 0 (default): none, the paper's model.
+    field_smoothness
+        Precision of the field's differences between neighbouring cells (0: independent cells).
     max_time_s, progress, augment
         Wall-clock budget of training; progress bars; patch augmentation.
     preset
@@ -115,10 +122,13 @@ class XFuse(Model):
         expr_lr: float | None = None,
         max_metagenes: int = 40,
         metagene_interval: int | None = None,
+        metagene_drop: bool = True,
         kl_warmup: float = 0.3,
         expr_warmup: float = 0.2,
         depth: int | None = None,
         base_width: int | None = None,
+        expression_field_um: float = 0.0,
+        field_smoothness: float = 0.0,
         samples: int = 10,
         seed: int = 0,
         max_time_s: float | None = None,
@@ -134,10 +144,13 @@ class XFuse(Model):
                  "base_width": base_width}
         hp = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
         hp.update(preset=preset, epochs=epochs, max_metagenes=int(max_metagenes), kl_warmup=float(kl_warmup),
-                  expr_warmup=float(expr_warmup), samples=int(samples),
-                  seed=int(seed), max_time_s=max_time_s, augment=bool(augment))
+                  expr_warmup=float(expr_warmup), metagene_drop=bool(metagene_drop),
+                  expression_field_um=float(expression_field_um), field_smoothness=float(field_smoothness),
+                  samples=int(samples), seed=int(seed), max_time_s=max_time_s, augment=bool(augment))
         if hp["resolution_um"] <= 0 or hp["patch_px"] < 8 or hp["batch_size"] < 1 or hp["max_metagenes"] < 1:
             raise StfusionError("XFuse needs resolution_um > 0, patch_px >= 8, batch_size >= 1 and max_metagenes >= 1.")
+        if hp["expression_field_um"] < 0:
+            raise StfusionError(f"expression_field_um must be >= 0 (0: no field), got {hp['expression_field_um']}.")
         super().__init__(**hp)
         self.progress = bool(progress)
         self.net_: XFuseNet | None = None
@@ -211,17 +224,34 @@ class XFuse(Model):
             self.expr_.t.copy_(torch.from_numpy(t))
             self.expr_.u.copy_(torch.from_numpy(u))
         self.net_.init_image_heads(*_image_stats(datas))
+        self._attach_field(datas)
         sampler = PatchSampler(datas, hp["patch_px"], seed=hp["seed"], augment=hp["augment"])
         steps = hp["steps"] if hp["epochs"] is None else max(1, math.ceil(hp["epochs"] * sampler.patches_per_epoch / hp["batch_size"]))
         self.history_, self.metagene_history_, timed_out = train(
             self.net_, self.expr_, sampler, steps=steps, batch_size=hp["batch_size"], lr=hp["lr"], expr_lr=hp["expr_lr"],
-            metagene_interval=hp["metagene_interval"], kl_warmup=int(hp["kl_warmup"] * steps),
+            metagene_interval=hp["metagene_interval"], metagene_drop=hp.get("metagene_drop", True),
+            kl_warmup=int(hp["kl_warmup"] * steps),
             expr_warmup=int(hp["expr_warmup"] * steps), seed=hp["seed"],
             max_time_s=hp["max_time_s"], progress=self.progress)
         self.state_.update(training_sections=names, steps_run=len(self.history_), timed_out=bool(timed_out),
                            fit_seconds=time.perf_counter() - start, metagenes=self.expr_.n_active)
         log.info("xfuse: %d steps in %.0f s, %d metagenes", len(self.history_), self.state_["fit_seconds"], self.expr_.n_active)
         return self
+
+    def _attach_field(self, datas: list[D.SectionData]) -> None:
+        """The per-section expression field of ``expression_field_um`` (see :mod:`.field`)."""
+        from stfusion.models.xfuse.field import ExpressionField
+
+        hp = self.hyperparams
+        field_um = float(hp.get("expression_field_um", 0.0))
+        if not field_um:
+            return
+        names = [d.name for d in datas]
+        if len(set(names)) < len(names):
+            log.warning("xfuse: training sections share section ids %s; prediction uses the first one's field.", names)
+        self.net_.field = ExpressionField(names, [d.shape for d in datas], hp["max_metagenes"],
+                                          field_um / float(hp["resolution_um"]), smoothness=float(hp.get("field_smoothness", 0.0)))
+        self.state_["field"] = self.net_.field.spec()
 
     # ------------------------------------------------------------------ prediction helpers
     def _fitted(self) -> tuple[XFuseNet, ExpressionModel]:
@@ -417,9 +447,13 @@ class XFuse(Model):
     def load(cls, directory: str | Path) -> XFuse:
         model, card = cls.from_card(directory)
         keys = ("effects", "section_beta", "modelled_fraction", "spot_diameter_um", "training_sections", "steps_run",
-                "timed_out", "fit_seconds", "metagenes")
+                "timed_out", "fit_seconds", "metagenes", "field")
         model.state_ = {k: card[k] for k in keys if k in card}
         model._build(len(model.genes_), len(model.state_.get("effects", [])))
+        if "field" in model.state_:
+            from stfusion.models.xfuse.field import ExpressionField
+
+            model.net_.field = ExpressionField.from_spec(model.state_["field"])
         state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.net_.load_state_dict(state["net"])
         model.expr_.load_state_dict(state["expr"])

@@ -12,6 +12,9 @@ ReLU) to per-pixel features, and 1x1 heads give:
 - the scale ``s`` (softplus), and
 - metagene logits; activities are ``softmax`` over the active metagenes.
 
+With an expression field (:mod:`.field`), its offsets are added to the scale's
+pre-activation and to the metagene logits (``field_at``, ``scale``, ``activities``).
+
 Depth 6 and base width 16 (channels 16 -> 512) are the reference implementation's sizes.
 Both networks are fully convolutional (translation-equivariant), so patches of any size and
 whole sections go through the same weights.
@@ -113,6 +116,7 @@ class XFuseNet(nn.Module):
         self.image_sd_head = nn.Conv2d(ws[0], 3, 1)
         self.scale_head = nn.Conv2d(ws[0], 1, 1)
         self.metagene_head = nn.Conv2d(ws[0], int(max_metagenes), 1)
+        self.field = None  # per-section expression field (:class:`.field.ExpressionField`), when trained with one
         self._init_heads()
 
     def _init_heads(self) -> None:
@@ -167,11 +171,25 @@ class XFuseNet(nn.Module):
         """Mean (tanh, in [-1, 1]) and SD of the Gaussian image likelihood, (B, 3, H, W) each."""
         return torch.tanh(self.image_mean_head(feats)), F.softplus(self.image_sd_head(feats)) + _MIN_IMAGE_SD
 
-    def scale(self, feats: torch.Tensor) -> torch.Tensor:
-        """Per-pixel scale s >= 0, (B, 1, H, W)."""
-        return F.softplus(self.scale_head(feats))
+    def field_at(self, place, hw) -> torch.Tensor | None:
+        """The expression field's offsets over patches placed by ``place`` (a
+        :class:`.field.Placement`; None without a field or a placement)."""
+        if self.field is None or place is None:
+            return None
+        return self.field.read(place, hw)
 
-    def activities(self, feats: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def scale(self, feats: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel scale s >= 0, (B, 1, H, W); ``field``: :meth:`field_at`'s offsets."""
+        pre = self.scale_head(feats)
+        return F.softplus(pre if field is None else pre + field[:, -1:])
+
+    def metagene_logits(self, feats: torch.Tensor, active: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the active metagenes, (B, M_active, H, W)."""
+        logits = self.metagene_head(feats)
+        if field is not None:
+            logits = logits + field[:, :-1]
+        return logits[:, active]
+
+    def activities(self, feats: torch.Tensor, active: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax metagene activities over the active metagenes, (B, M_active, H, W)."""
-        logits = self.metagene_head(feats)[:, active]
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(self.metagene_logits(feats, active, field), dim=1)

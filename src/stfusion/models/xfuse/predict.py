@@ -33,6 +33,7 @@ from scipy import sparse
 from stfusion.models.xfuse.data import SectionData
 from stfusion.models.xfuse.likelihood import ExpressionModel
 from stfusion.models.xfuse.nn import XFuseNet
+from stfusion.models.xfuse.field import Placement
 from stfusion.models.xfuse.sampling import image_tensor, to_model_range
 
 TARGET_SUM = 1e4
@@ -80,22 +81,31 @@ def _input(image01: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.T
     return to_model_range(out)[None]
 
 
+def field_index(net: XFuseNet, data: SectionData) -> int | None:
+    """The section's index in the expression field (:mod:`.field`) if the network was
+    trained with one and on this section (same id and working shape), else None."""
+    return None if net.field is None else net.field.index(data.name, data.shape)
+
+
 def _tile_maps(net: XFuseNet, image01: torch.Tensor, tiles, n_samples: int, active: torch.Tensor,
-               gen: torch.Generator | None, mean: bool, frame_px: int):
+               gen: torch.Generator | None, mean: bool, frame_px: int, section: int | None = None):
     """Yield (tile, sample index, s (h, w), a (M, h, w)) for every tile and sample.
 
     Each tile is the centre of a ``frame_px`` frame (white beyond the image); groups of
-    frames go through the network together.
+    frames go through the network together. ``section``: the section's index in the
+    expression field (None: no field).
     """
     tile, c = frame_layout(frame_px)
     group = max(1, FRAME_PIXELS // (frame_px * frame_px))
     for k in range(0, len(tiles), group):
         part = tiles[k : k + group]
         x = torch.cat([_input(image01, i0 - c, i0 + tile + c, j0 - c, j0 + tile + c) for i0, _, j0, _ in part])
+        place = None if section is None else Placement.frames(section, [(i0 - c, j0 - c) for i0, _, j0, _ in part], x.shape[-1])
         latents = net.encode(x)
+        field = net.field_at(place, x.shape[-2:])
         for n in range(n_samples):
             feats = net.features(latents.sample(gen, mean=mean))
-            s_all, a_all = net.scale(feats)[:, 0], net.activities(feats, active)
+            s_all, a_all = net.scale(feats, field)[:, 0], net.activities(feats, active, field)
             for t, (i0, i1, j0, j1) in enumerate(part):
                 rows, cols = slice(c, c + i1 - i0), slice(c, c + j1 - j0)
                 yield (i0, i1, j0, j1), n, s_all[t, rows, cols], a_all[t, :, rows, cols]
@@ -132,7 +142,7 @@ def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: spars
     Wc = W.tocsc()
     image01 = image_tensor(data.image)
     tiles = _tiles(i0, i1, j0, j1, tile)
-    maps = _tile_maps(net, image01, tiles, n_samples, expr.active, g_latent, mean, frame_px)
+    maps = _tile_maps(net, image01, tiles, n_samples, expr.active, g_latent, mean, frame_px, field_index(net, data))
     for (a0, a1, b0, b1), n, s, act in track(maps, total=len(tiles) * n_samples, description="XFuse samples",
                                               disable=not progress, transient=True):
         rows = np.arange(a0, a1)[:, None] * w + np.arange(b0, b1)[None, :]
@@ -270,7 +280,8 @@ def mean_maps(net: XFuseNet, expr: ExpressionModel, data: SectionData,
     s_map = np.zeros((i1 - i0, j1 - j0), dtype=np.float32)
     a_map = np.zeros((expr.n_active, i1 - i0, j1 - j0), dtype=np.float32)
     tiles = _tiles(i0, i1, j0, j1, frame_layout(frame_px)[0])
-    maps = _tile_maps(net, image_tensor(data.image), tiles, 1, expr.active, None, mean=True, frame_px=frame_px)
+    maps = _tile_maps(net, image_tensor(data.image), tiles, 1, expr.active, None, mean=True, frame_px=frame_px,
+                      section=field_index(net, data))
     for (a0, a1, b0, b1), _, s, act in maps:
         s_map[a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = s.numpy()
         a_map[:, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = act.numpy()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from stfusion.models.xfuse.data import UNOBSERVED, SectionData
 from stfusion.models.xfuse.nn import IMAGE_RANGE
+from stfusion.models.xfuse.field import Placement
 
 _OUTSIDE = -2
 _SCALE = (0.95, 1.05)
@@ -56,7 +57,8 @@ class Batch:
 
     ``image`` (B, 3, P, P) in [-0.9, 0.9]; ``valid`` (B, 1, P, P) 1 inside the image;
     ``labels`` (B, P, P) long, -1 ignored, else an index into ``counts[b]`` (row 0 of
-    ``counts[b]`` is the background's zeros); ``beta`` (B, n_effects); ``section`` (B,).
+    ``counts[b]`` is the background's zeros); ``beta`` (B, n_effects); ``section`` (B,);
+    ``place``: where each patch lies in its section (for the expression field).
     """
 
     image: torch.Tensor
@@ -65,6 +67,7 @@ class Batch:
     counts: list[torch.Tensor]
     beta: torch.Tensor
     section: np.ndarray
+    place: Placement | None = None
 
 
 class _Source:
@@ -139,7 +142,7 @@ class PatchSampler:
         inside = (np.abs(q) <= self.patch_px / 2).all(axis=(1, 2))
         return np.flatnonzero(inside)
 
-    def _one(self, src: _Source) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _one(self, src: _Source) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
         centre = self._centre(src)
         m = self._transform()
         side = 2 * int(math.ceil(self.reach)) + 2
@@ -156,7 +159,7 @@ class PatchSampler:
         local = torch.where(lab >= 0, lut[lab.clamp_min(0) + 1], torch.full_like(lab, UNOBSERVED))
         counts = torch.cat([src.counts[:1], src.counts[torch.from_numpy(keep + 1)]])
         img = torch.where(valid, img, torch.ones_like(img))
-        return img, valid.float(), local, counts
+        return img, valid.float(), local, counts, centre, m
 
     def _colour(self, img: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """±5% brightness, contrast, saturation and hue."""
@@ -176,10 +179,12 @@ class PatchSampler:
     def sample(self, batch_size: int) -> Batch:
         """A batch of ``batch_size`` augmented patches."""
         idx = self.rng.choice(len(self.sources), size=int(batch_size), p=self.section_p)
-        imgs, valids, labels, counts, betas = [], [], [], [], []
+        imgs, valids, labels, counts, betas, centres, mats = [], [], [], [], [], [], []
         for i in idx:
             src = self.sources[i]
-            img, valid, lab, cnt = self._one(src)
+            img, valid, lab, cnt, centre, m = self._one(src)
+            centres.append(centre)
+            mats.append(m)
             if self.augment:
                 img = self._colour(img, valid)
             imgs.append(to_model_range(img))
@@ -187,4 +192,5 @@ class PatchSampler:
             labels.append(lab)
             counts.append(cnt)
             betas.append(src.beta)
-        return Batch(torch.stack(imgs), torch.stack(valids), torch.stack(labels), counts, torch.stack(betas), idx)
+        place = Placement(idx, torch.from_numpy(np.stack(centres)).float(), torch.from_numpy(np.stack(mats)).float())
+        return Batch(torch.stack(imgs), torch.stack(valids), torch.stack(labels), counts, torch.stack(betas), idx, place)

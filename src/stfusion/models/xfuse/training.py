@@ -48,13 +48,14 @@ def elbo_terms(net: XFuseNet, expr: ExpressionModel, batch: Batch, weight: float
     mu, sd = net.image_params(feats)
     ll_img = ((-0.5 * ((batch.image - mu) / sd) ** 2 - torch.log(sd) - 0.5 * _LOG_2PI) * batch.valid).sum()
     kl_z = latents.kl(batch.valid).sum()
-    sa = net.scale(feats) * net.activities(feats, expr.active)
+    field = net.field_at(batch.place, feats.shape[-2:])
+    sa = net.scale(feats, field) * net.activities(feats, expr.active, field)
     draw = expr.sample(generator)
     ll_expr = sa.new_zeros(())
     for b in range(sa.shape[0]):
         A = area_sums(sa[b], batch.labels[b], batch.counts[b].shape[0])
         ll_expr = ll_expr + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b])
-    kl_global = expr.kl()
+    kl_global = expr.kl() - (net.field.log_prior() if net.field is not None else 0.0)
     elbo = weight * (ll_expr + ll_img - kl_z) - kl_global
     return {"elbo": elbo, "expr_loglik": weight * ll_expr, "image_loglik": weight * ll_img,
             "kl_z": weight * kl_z, "kl_global": kl_global}
@@ -67,6 +68,7 @@ def make_optimizer(net: XFuseNet, expr: ExpressionModel, lr: float, expr_lr: flo
     for the networks and the gene baselines t and u; ``lr * image_sd_lr_factor`` for the
     image-SD head.
 
+    The per-section expression field (:mod:`.field`), when present, shares ``expr_lr``.
     The expression heads learn from a few hundred spots only; at the networks' rate they
     take thousands of steps to map features to metagenes, at ``expr_lr`` about a hundred.
     The baselines stay slow: early on, while the image representation is still poor, a
@@ -77,6 +79,8 @@ def make_optimizer(net: XFuseNet, expr: ExpressionModel, lr: float, expr_lr: flo
     mean, and so the latent representation, of gradient early on.
     """
     heads = [*net.scale_head.parameters(), *net.metagene_head.parameters()]
+    if net.field is not None:  # the per-section expression field: fitted like the expression part
+        heads += list(net.field.parameters())
     sd_head = list(net.image_sd_head.parameters())
     ids = {id(p) for p in heads + sd_head}
     rest = [p for p in net.parameters() if id(p) not in ids]
@@ -106,6 +110,7 @@ def train(
     expr_lr: float,
     metagene_interval: int,
     split_until: float = 0.8,
+    metagene_drop: bool = True,
     kl_warmup: int = 0,
     expr_warmup: int = 0,
     seed: int = 0,
@@ -115,7 +120,8 @@ def train(
     """Optimise ``net`` and ``expr`` in place; returns (history, metagene history, timed_out).
 
     Drop-and-split runs every ``metagene_interval`` steps; splits stop after
-    ``split_until`` x ``steps`` (drops go on), so the last stretch refines a fixed set.
+    ``split_until`` x ``steps`` (drops go on), so the last stretch refines a fixed set;
+    ``metagene_drop=False`` never drops (every split metagene is kept).
     ``kl_warmup``: the latent KL's weight in the loss rises linearly from 0 to 1 over these
     steps (the recorded ELBO always has the full KL), so the latents learn to carry the
     image before the prior pulls them in. ``expr_warmup``: the learning rate of the
@@ -151,7 +157,8 @@ def train(
             if metagene_interval and step % metagene_interval == 0 and step < steps:
                 n_score = scoring_patches(sampler.patches_per_epoch, batch_size)
                 event = drop_and_split(net, expr, opt, sampler.sample(n_score), sampler.patches_per_epoch / n_score,
-                                       fresh=fresh, allow_split=step < split_until * steps, generator=gen)
+                                       fresh=fresh, allow_split=step < split_until * steps,
+                                       allow_drop=metagene_drop, generator=gen)
                 fresh = set(event["fresh"])
                 events.append({"step": step, **event})
                 log.debug("xfuse step %d: metagenes %d -> %d", step, event["before"], event["after"])
