@@ -1,6 +1,6 @@
-"""XFuse on the MOB1 50% hold-out fold: where does it fall short of the Gaussian process?
+"""XFuse on the MOB 50% hold-out folds: where does it fall short of the Gaussian process?
 
-One fold of ``mob_holdout.toml`` (MOB1, the hidden spots of ``spot_holdout`` seed 0, top 100
+One fold of ``mob_holdout.toml`` (MOB1 by default, the hidden spots of ``spot_holdout`` seed 0, top 100
 genes by mean of the visible spots). Each run fits one XFuse variant (the ``fast`` preset plus
 the given parameters) on the visible spots and scores median gene-wise Pearson r on
 log1p(counts / spot total x 1e4) on the hidden spots *and on the visible (training) spots*,
@@ -13,7 +13,7 @@ over-fits.
 ``--no-drop`` keeps every metagene that drop-and-split creates (the drop step is switched off;
 splits go on), to see whether more metagenes help.
 
-``--seed`` picks the fold's hidden spots (``spot_holdout`` seed) and seeds the model.
+``--section MOB2`` runs MOB2's fold instead; ``--seed`` picks the fold's hidden spots (``spot_holdout`` seed) and seeds the model.
 
 Run (repository root; one fit per variant, ~8-20 min each on one thread)::
 
@@ -53,7 +53,7 @@ def median_r(pred, part, genes: list[str]) -> float:
     return float(np.nanmedian(pearson_per_gene(pred, part, genes)))
 
 
-def run(name: str, params: dict, no_drop: bool, seed: int, save: Path | None = None) -> dict:
+def run(name: str, params: dict, no_drop: bool, seed: int, save: Path | None = None, section: str = "MOB1") -> dict:
     from stfusion.models.registry import get as get_model
     from stfusion.models.xfuse import XFuse
 
@@ -61,14 +61,14 @@ def run(name: str, params: dict, no_drop: bool, seed: int, save: Path | None = N
         import stfusion.models.xfuse.metagenes as MG
 
         MG.drop = lambda *args, **kwargs: None
-    train, test, genes = M.holdout_fold("MOB1", seed)
+    train, test, genes = M.holdout_fold(section, seed)
     start = time.perf_counter()
     model = XFuse(preset="fast", progress=False, samples=10, seed=seed, **params).fit([train], genes=genes)
     fit_s = time.perf_counter() - start
     if save is not None:
         model.save(save)
     gp = get_model("gaussian_process")().fit([train], genes=genes)
-    return {"variant": name, "seed": seed, "params": json.dumps(params, sort_keys=True), "no_drop": no_drop,
+    return {"variant": name, "section": section, "seed": seed, "params": json.dumps(params, sort_keys=True), "no_drop": no_drop,
             "metagenes": model.expr_.n_active, "steps": len(model.history_), "fit_s": round(fit_s, 1),
             "xfuse_hidden": median_r(model.predict(test), test, genes),
             "xfuse_visible": median_r(model.predict(train), train, genes),
@@ -81,13 +81,14 @@ def main() -> None:
     ap.add_argument("--params", default="{}", help='JSON of XFuse arguments, e.g. \'{"steps": 6000}\'')
     ap.add_argument("--no-drop", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--section", default="MOB1", choices=M.SECTIONS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT, help="table path without suffix")
     ap.add_argument("--save", type=Path, help="save the fitted model here (for frozen_heads.py)")
     args = ap.parse_args()
     M.set_threads(args.threads)
     prov = M.Provenance(seed=args.seed, threads=args.threads)
-    row = run(args.name, json.loads(args.params), args.no_drop, args.seed, args.save)
+    row = run(args.name, json.loads(args.params), args.no_drop, args.seed, args.save, args.section)
     info = prov.stop()
     row.update(date_utc=info["date_utc"], load_start=info["load_start"], load_end=info["load_end"],
                xfuse_source_sha1=info["xfuse_source_sha1"], command=info["command"])
@@ -95,11 +96,12 @@ def main() -> None:
     csv = out.with_suffix(".csv")
     df = pd.concat([pd.read_csv(csv), pd.DataFrame([row])]) if csv.is_file() else pd.DataFrame([row])
     df.to_csv(csv, index=False)
-    if "seed" in df:  # rows from before the column: seed 0
+    if "seed" in df:  # rows from before the columns: seed 0, MOB1
         df["seed"] = df["seed"].fillna(0).astype(int)
-    cols = ["variant", "seed", "params", "no_drop", "metagenes", "steps", "fit_s", "xfuse_hidden", "xfuse_visible", "gp_hidden"]
+        df["section"] = df["section"].fillna("MOB1") if "section" in df else "MOB1"
+    cols = ["variant", "section", "seed", "params", "no_drop", "metagenes", "steps", "fit_s", "xfuse_hidden", "xfuse_visible", "gp_hidden"]
     out.with_suffix(".md").write_text(
-        "# XFuse variants on the MOB1 50% hold-out fold\n\nWritten by `holdout_variants.py` (see its docstring); "
+        "# XFuse variants on the MOB 50% hold-out folds\n\nWritten by `holdout_variants.py` (see its docstring); "
         f"{os.cpu_count()} cores, one torch thread; commands, dates and load in `holdout_variants.csv`.\n"
         "Median gene-wise Pearson r, top 100 genes. The seed picks the hidden spots and seeds the model.\n\n" + M.md_table(df[cols]) + "\n")
     print(out.with_suffix(".md").read_text())
