@@ -70,9 +70,10 @@ class ExpressionField(nn.Module):
     of the scale's pre-activation (row ``M``); it is read bilinearly at every pixel of a patch,
     so each pixel's offset blends the four nearest cells. The prior is N(0, ``prior_sd``^2)
     per entry, times ``exp(-smoothness / 2 * sum of squared differences of neighbouring cells)``
-    (a Gaussian Markov random field; 0: independent cells); the maps are point (MAP) estimates. Cells of a few spot spacings let what the
-    measured spots of a section show reach the unmeasured tissue between them, beside what the
-    image shows. Sections not trained on get no offsets.
+    (a Gaussian Markov random field; 0: independent cells); the maps are point (MAP)
+    estimates. Cells of a few spot spacings let what the measured spots of a section show
+    reach the unmeasured tissue between them, beside what the image shows. Sections not
+    trained on get no offsets.
     """
 
     def __init__(self, names: list[str], shapes: list[tuple[int, int]], n_metagenes: int, cell_px: float,
