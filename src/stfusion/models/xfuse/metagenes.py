@@ -193,8 +193,8 @@ def drop_and_split(
     Non-contributing metagenes are dropped one at a time, the least contributing first,
     re-scoring the rest after each drop (two redundant metagenes each look superfluous, but
     only one of them is); ``allow_drop=False`` keeps them all. ``fresh``: rows made by the
-    previous round's splits; they get one interval to diverge (neither dropped nor split now). The returned ``"fresh"`` holds this
-    round's halves.
+    previous round's splits; they get one interval to diverge (neither dropped nor split
+    now). The returned ``"fresh"`` holds this round's halves.
     """
     scorer = _Scorer(net, expr, batch, weight)
     rows = torch.nonzero(expr.active).flatten().tolist()
