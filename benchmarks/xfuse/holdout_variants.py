@@ -1,7 +1,7 @@
 """XFuse on the MOB 50% hold-out folds: where does it fall short of the Gaussian process?
 
-One fold of ``mob_holdout.toml`` (MOB1 by default, the hidden spots of ``spot_holdout`` seed 0, top 100
-genes by mean of the visible spots). Each run fits one XFuse variant (the ``fast`` preset plus
+One fold of ``mob_holdout.toml`` (MOB1 by default, the hidden spots of ``spot_holdout`` seed 0,
+top 100 genes by mean of the visible spots). Each run fits one XFuse variant (the ``fast`` preset plus
 the given parameters) on the visible spots and scores median gene-wise Pearson r on
 log1p(counts / spot total x 1e4) on the hidden spots *and on the visible (training) spots*,
 beside the Gaussian-process baseline on the hidden spots. A model that scores as low on its
@@ -13,7 +13,8 @@ over-fits.
 ``--no-drop`` keeps every metagene that drop-and-split creates (the drop step is switched off;
 splits go on), to see whether more metagenes help.
 
-``--section MOB2`` runs MOB2's fold instead; ``--seed`` picks the fold's hidden spots (``spot_holdout`` seed) and seeds the model.
+``--section MOB2`` runs MOB2's fold instead; ``--seed`` picks the fold's hidden spots
+(``spot_holdout`` seed) and seeds the model.
 
 Run (repository root; one fit per variant, ~8-20 min each on one thread)::
 
@@ -96,10 +97,8 @@ def main() -> None:
     csv = out.with_suffix(".csv")
     df = pd.concat([pd.read_csv(csv), pd.DataFrame([row])]) if csv.is_file() else pd.DataFrame([row])
     df.to_csv(csv, index=False)
-    if "seed" in df:  # rows from before the columns: seed 0, MOB1
-        df["seed"] = df["seed"].fillna(0).astype(int)
-        df["section"] = df["section"].fillna("MOB1") if "section" in df else "MOB1"
-    cols = ["variant", "section", "seed", "params", "no_drop", "metagenes", "steps", "fit_s", "xfuse_hidden", "xfuse_visible", "gp_hidden"]
+    cols = ["variant", "section", "seed", "params", "no_drop", "metagenes", "steps", "fit_s", "xfuse_hidden",
+            "xfuse_visible", "gp_hidden"]
     out.with_suffix(".md").write_text(
         "# XFuse variants on the MOB 50% hold-out folds\n\nWritten by `holdout_variants.py` (see its docstring); "
         f"{os.cpu_count()} cores, one torch thread; commands, dates and load in `holdout_variants.csv`.\n"

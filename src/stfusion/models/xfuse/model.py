@@ -229,7 +229,7 @@ class XFuse(Model):
         steps = hp["steps"] if hp["epochs"] is None else max(1, math.ceil(hp["epochs"] * sampler.patches_per_epoch / hp["batch_size"]))
         self.history_, self.metagene_history_, timed_out = train(
             self.net_, self.expr_, sampler, steps=steps, batch_size=hp["batch_size"], lr=hp["lr"], expr_lr=hp["expr_lr"],
-            metagene_interval=hp["metagene_interval"], metagene_drop=hp.get("metagene_drop", True),
+            metagene_interval=hp["metagene_interval"], metagene_drop=hp["metagene_drop"],
             kl_warmup=int(hp["kl_warmup"] * steps),
             expr_warmup=int(hp["expr_warmup"] * steps), seed=hp["seed"],
             max_time_s=hp["max_time_s"], progress=self.progress)
@@ -243,14 +243,13 @@ class XFuse(Model):
         from stfusion.models.xfuse.field import ExpressionField
 
         hp = self.hyperparams
-        field_um = float(hp.get("expression_field_um", 0.0))
-        if not field_um:
+        if not hp["expression_field_um"]:
             return
         names = [d.name for d in datas]
         if len(set(names)) < len(names):
             log.warning("xfuse: training sections share section ids %s; prediction uses the first one's field.", names)
         self.net_.field = ExpressionField(names, [d.shape for d in datas], hp["max_metagenes"],
-                                          field_um / float(hp["resolution_um"]), smoothness=float(hp.get("field_smoothness", 0.0)))
+                                          hp["expression_field_um"] / hp["resolution_um"], smoothness=hp["field_smoothness"])
         self.state_["field"] = self.net_.field.spec()
 
     # ------------------------------------------------------------------ prediction helpers
