@@ -102,6 +102,27 @@ def fit_variances(
     return np.exp(logr) * noise, noise, 0.5 * twice_nlml
 
 
+def fit_hyperparameters(xy: np.ndarray, y: np.ndarray, n_lengthscales: int = 16) -> dict[str, np.ndarray]:
+    """Per-gene ``mean``, ``lengthscale`` (units of ``xy``), ``signal`` and ``noise`` variances
+    (units of ``y``) and ``nlml`` by maximum marginal likelihood (see the module docstring);
+    ``xy`` (spots x 2), ``y`` (spots x genes)."""
+    if len(xy) < 3:
+        raise StfusionError(f"A Gaussian process needs at least 3 training spots per section, got {len(xy)}.")
+    mean, sd = y.mean(axis=0), y.std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    z = (y - mean) / sd
+    g = y.shape[1]
+    best = {"nlml": np.full(g, np.inf), "lengthscale": np.zeros(g), "signal": np.zeros(g), "noise": np.zeros(g)}
+    for ls in lengthscale_grid(xy, n_lengthscales):
+        lam, u = _eig(xy, ls)
+        s, nv, nlml = fit_variances(lam, (u.T @ z) ** 2)
+        better = nlml < best["nlml"]
+        for key, val in (("nlml", nlml), ("lengthscale", np.full(g, ls)), ("signal", s), ("noise", nv)):
+            best[key][better] = val[better]
+    return {"mean": mean, "lengthscale": best["lengthscale"], "signal": best["signal"] * sd**2,
+            "noise": best["noise"] * sd**2, "nlml": best["nlml"]}
+
+
 class GaussianProcessBaseline(SpatialBaseline):
     """Per-gene squared-exponential GP over spot coordinates; hyperparameters by marginal likelihood.
 
@@ -119,28 +140,7 @@ class GaussianProcessBaseline(SpatialBaseline):
         super().__init__(n_lengthscales=int(n_lengthscales))
 
     def _fit_section(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        xy = state["coords"] * state["mpp"][0]
-        y = state["values"]
-        if len(xy) < 3:
-            raise StfusionError(f"A Gaussian process needs at least 3 training spots per section, got {len(xy)}.")
-        mean, sd = y.mean(axis=0), y.std(axis=0)
-        sd = np.where(sd > 1e-12, sd, 1.0)
-        z = (y - mean) / sd
-        g = y.shape[1]
-        best = {"nlml": np.full(g, np.inf), "lengthscale": np.zeros(g), "signal": np.zeros(g), "noise": np.zeros(g)}
-        for ls in lengthscale_grid(xy, self.hyperparams["n_lengthscales"]):
-            lam, u = _eig(xy, ls)
-            s, nv, nlml = fit_variances(lam, (u.T @ z) ** 2)
-            better = nlml < best["nlml"]
-            for key, val in (("nlml", nlml), ("lengthscale", np.full(g, ls)), ("signal", s), ("noise", nv)):
-                best[key][better] = val[better]
-        return {
-            "mean": mean,
-            "lengthscale": best["lengthscale"],
-            "signal": best["signal"] * sd**2,
-            "noise": best["noise"] * sd**2,
-            "nlml": best["nlml"],
-        }
+        return fit_hyperparameters(state["coords"] * state["mpp"][0], state["values"], self.hyperparams["n_lengthscales"])
 
     def _predict_section(self, state: dict[str, np.ndarray], section: ad.AnnData):
         xy = state["coords"] * state["mpp"][0]

@@ -71,6 +71,13 @@ class ExpressionModel(nn.Module):
         active = torch.zeros(m, dtype=torch.bool)
         active[0] = True
         self.register_buffer("active", active)
+        self.gene_field = None  # per-section gene field (:class:`.gene_field.GeneField`), when trained with one
+
+    def area_offsets(self, batch) -> list[torch.Tensor | None]:
+        """The gene field's log-rate offsets of each patch's count rows (None without a field)."""
+        if self.gene_field is None or batch.obs is None:
+            return [None] * len(batch.counts)
+        return [self.gene_field.training_offsets(s, o) for s, o in zip(batch.section, batch.obs, strict=True)]
 
     @property
     def n_effects(self) -> int:
@@ -114,22 +121,25 @@ class ExpressionModel(nn.Module):
             logit = logit + beta @ draw["F"]
         return offset, logit
 
-    def rates(self, A: torch.Tensor, draw: dict[str, torch.Tensor], beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """NB ``r`` (areas x genes) from ``A`` (areas x active metagenes), and the logit (G,)."""
+    def rates(self, A: torch.Tensor, draw: dict[str, torch.Tensor], beta: torch.Tensor,
+              area_offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """NB ``r`` (areas x genes) from ``A`` (areas x active metagenes), and the logit (G,).
+        ``area_offset`` (areas x genes): added log rates (the gene field, :mod:`.gene_field`)."""
         offset, logit = self.log_rate_and_logit(draw, beta)
-        r = (A @ torch.exp(draw["L"])) * torch.exp(offset)
+        log_offset = offset if area_offset is None else offset + area_offset
+        r = (A @ torch.exp(draw["L"])) * torch.exp(log_offset)
         return r, logit
 
-    def expected_counts(self, A: torch.Tensor, draw: dict[str, torch.Tensor], beta: torch.Tensor) -> torch.Tensor:
+    def expected_counts(self, A: torch.Tensor, draw: dict[str, torch.Tensor], beta: torch.Tensor,
+                        area_offset: torch.Tensor | None = None) -> torch.Tensor:
         """nu = r * p / (1 - p) (areas x genes)."""
-        r, logit = self.rates(A, draw, beta)
+        r, logit = self.rates(A, draw, beta, area_offset)
         return r * torch.exp(logit)
 
-    def log_likelihood(
-        self, A: torch.Tensor, counts: torch.Tensor, draw: dict[str, torch.Tensor], beta: torch.Tensor
-    ) -> torch.Tensor:
+    def log_likelihood(self, A: torch.Tensor, counts: torch.Tensor, draw: dict[str, torch.Tensor], beta: torch.Tensor,
+                       area_offset: torch.Tensor | None = None) -> torch.Tensor:
         """Collapsed NB log-likelihood of ``counts`` (areas x genes) summed."""
-        r, logit = self.rates(A, draw, beta)
+        r, logit = self.rates(A, draw, beta, area_offset)
         return nb_log_prob(counts, r, logit).sum()
 
     def split(self, parent: int, child: int, shift: torch.Tensor) -> None:

@@ -49,11 +49,12 @@ def area_sums(sa: torch.Tensor, labels: torch.Tensor, n_areas: int) -> torch.Ten
     return torch.zeros(n_areas, sa.shape[0], dtype=sa.dtype).index_add_(0, lab[sel], vals)
 
 
-def _expression_loglik(expr: ExpressionModel, s: torch.Tensor, a: torch.Tensor, batch: Batch, draw: dict) -> torch.Tensor:
+def _expression_loglik(expr: ExpressionModel, s: torch.Tensor, a: torch.Tensor, batch: Batch, draw: dict,
+                       offsets: list) -> torch.Tensor:
     total = s.new_zeros(())
     for b in range(s.shape[0]):
         A = area_sums(s[b] * a[b], batch.labels[b], batch.counts[b].shape[0])
-        total = total + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b])
+        total = total + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b], offsets[b])
     return total
 
 
@@ -82,12 +83,13 @@ class _Scorer:
         self.s = net.scale(feats, field)
         self.logits = net.metagene_logits(feats, expr.active, field)
         self.draw = expr.sample(mean=True)
+        self.offsets = expr.area_offsets(batch)
         self.expr, self.batch, self.weight = expr, batch, weight
 
     def elbo(self, keep: list[int]) -> float:
         sub = {**self.draw, "L": self.draw["L"][keep]}
         act = torch.softmax(self.logits[:, keep], 1)
-        ll = _expression_loglik(self.expr, self.s, act, self.batch, sub)
+        ll = _expression_loglik(self.expr, self.s, act, self.batch, sub, self.offsets)
         return float(self.weight * ll - self.expr.kl(keep))
 
     def residual_directions(self) -> torch.Tensor:
@@ -103,7 +105,7 @@ class _Scorer:
         act = torch.softmax(self.logits, 1)
         for b in range(act.shape[0]):
             A = area_sums(self.s[b] * act[b], self.batch.labels[b], self.batch.counts[b].shape[0])
-            nu = self.expr.expected_counts(A, self.draw, self.batch.beta[b])
+            nu = self.expr.expected_counts(A, self.draw, self.batch.beta[b], self.offsets[b])
             resid.append(torch.log1p(self.batch.counts[b]) - torch.log1p(nu))
             share.append(A / A.sum(1, keepdim=True).clamp_min(1e-12))
         R, W = torch.cat(resid), torch.cat(share)

@@ -4,8 +4,9 @@ a latent tissue state; super-resolved expression with uncertainty, also from ima
 See :mod:`.nn` (networks), :mod:`.likelihood` (collapsed negative-binomial model),
 :mod:`.data` and :mod:`.sampling` (working resolution, areas, patches), :mod:`.metagenes`
 (drop-and-split), :mod:`.training` (the loop), :mod:`.predict` (Monte Carlo prediction),
-:mod:`.outputs` (DE, summarized maps, image stacks) and :mod:`.field` (an optional
-per-section expression field, not part of the paper's model).
+:mod:`.outputs` (DE, summarized maps, image stacks), :mod:`.field` (an optional
+per-section expression field) and :mod:`.gene_field` (an optional per-gene Gaussian-process
+field); the two fields are not part of the paper's model.
 
 Predictions of :meth:`XFuse.predict` are in the benchmarks' target space
 ``log1p(nu_g / total x 1e4)``: ``nu_g`` is the conditional mean expression (expected count)
@@ -98,6 +99,9 @@ class XFuse(Model):
         the scale (:mod:`.field`); 0 (default): none, the paper's model.
     field_smoothness
         Precision of the field's differences between neighbouring cells (0: independent cells).
+    gene_field
+        A per-section, per-gene Gaussian-process random effect on the log rates
+        (:mod:`.gene_field`); False (default): none, the paper's model.
     max_time_s, progress, augment
         Wall-clock budget of training; progress bars; patch augmentation.
     preset
@@ -129,6 +133,7 @@ class XFuse(Model):
         base_width: int | None = None,
         expression_field_um: float = 0.0,
         field_smoothness: float = 0.0,
+        gene_field: bool = False,
         samples: int = 10,
         seed: int = 0,
         max_time_s: float | None = None,
@@ -146,6 +151,7 @@ class XFuse(Model):
         hp.update(preset=preset, epochs=epochs, max_metagenes=int(max_metagenes), kl_warmup=float(kl_warmup),
                   expr_warmup=float(expr_warmup), metagene_drop=bool(metagene_drop),
                   expression_field_um=float(expression_field_um), field_smoothness=float(field_smoothness),
+                  gene_field=bool(gene_field),
                   samples=int(samples), seed=int(seed), max_time_s=max_time_s, augment=bool(augment))
         if hp["resolution_um"] <= 0 or hp["patch_px"] < 8 or hp["batch_size"] < 1 or hp["max_metagenes"] < 1:
             raise StfusionError("XFuse needs resolution_um > 0, patch_px >= 8, batch_size >= 1 and max_metagenes >= 1.")
@@ -225,6 +231,7 @@ class XFuse(Model):
             self.expr_.u.copy_(torch.from_numpy(u))
         self.net_.init_image_heads(*_image_stats(datas))
         self._attach_field(datas)
+        self._attach_gene_field(sections, datas)
         sampler = PatchSampler(datas, hp["patch_px"], seed=hp["seed"], augment=hp["augment"])
         steps = hp["steps"] if hp["epochs"] is None else max(1, math.ceil(hp["epochs"] * sampler.patches_per_epoch / hp["batch_size"]))
         self.history_, self.metagene_history_, timed_out = train(
@@ -233,6 +240,7 @@ class XFuse(Model):
             kl_warmup=int(hp["kl_warmup"] * steps),
             expr_warmup=int(hp["expr_warmup"] * steps), seed=hp["seed"],
             max_time_s=hp["max_time_s"], progress=self.progress)
+        self._refit_gene_field(sections, datas)
         self.state_.update(training_sections=names, steps_run=len(self.history_), timed_out=bool(timed_out),
                            fit_seconds=time.perf_counter() - start, metagenes=self.expr_.n_active)
         log.info("xfuse: %d steps in %.0f s, %d metagenes", len(self.history_), self.state_["fit_seconds"], self.expr_.n_active)
@@ -251,6 +259,20 @@ class XFuse(Model):
         self.net_.field = ExpressionField(names, [d.shape for d in datas], hp["max_metagenes"],
                                           hp["expression_field_um"] / hp["resolution_um"], smoothness=hp["field_smoothness"])
         self.state_["field"] = self.net_.field.spec()
+
+    def _attach_gene_field(self, sections: list[ad.AnnData], datas: list[D.SectionData]) -> None:
+        """The per-section gene field (see :mod:`.gene_field`), its prior fitted on each section."""
+        from stfusion.models.xfuse.gene_field import build_field
+
+        if self.hyperparams["gene_field"]:
+            self.expr_.gene_field = build_field(sections, datas, self.genes_)
+            self.state_["gene_field"] = self.expr_.gene_field.spec()
+
+    def _refit_gene_field(self, sections: list[ad.AnnData], datas: list[D.SectionData]) -> None:
+        from stfusion.models.xfuse.gene_field import refit_fields
+
+        if self.expr_.gene_field is not None:
+            refit_fields(self.net_, self.expr_, sections, datas, self.hyperparams["seed"], self.hyperparams["patch_px"])
 
     # ------------------------------------------------------------------ prediction helpers
     def _fitted(self) -> tuple[XFuseNet, ExpressionModel]:
@@ -446,13 +468,17 @@ class XFuse(Model):
     def load(cls, directory: str | Path) -> XFuse:
         model, card = cls.from_card(directory)
         keys = ("effects", "section_beta", "modelled_fraction", "spot_diameter_um", "training_sections", "steps_run",
-                "timed_out", "fit_seconds", "metagenes", "field")
+                "timed_out", "fit_seconds", "metagenes", "field", "gene_field")
         model.state_ = {k: card[k] for k in keys if k in card}
         model._build(len(model.genes_), len(model.state_.get("effects", [])))
         if "field" in model.state_:
             from stfusion.models.xfuse.field import ExpressionField
 
             model.net_.field = ExpressionField.from_spec(model.state_["field"])
+        if "gene_field" in model.state_:
+            from stfusion.models.xfuse.gene_field import GeneField
+
+            model.expr_.gene_field = GeneField.from_spec(model.state_["gene_field"])
         state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.net_.load_state_dict(state["net"])
         model.expr_.load_state_dict(state["expr"])

@@ -34,6 +34,7 @@ from stfusion.models.xfuse.data import SectionData
 from stfusion.models.xfuse.likelihood import ExpressionModel
 from stfusion.models.xfuse.nn import XFuseNet
 from stfusion.models.xfuse.field import Placement
+from stfusion.models.xfuse.gene_field import area_centres_um
 from stfusion.models.xfuse.sampling import image_tensor, to_model_range
 
 TARGET_SUM = 1e4
@@ -48,6 +49,29 @@ class Draws:
     A: np.ndarray  # (N, areas, M) float32
     weights: torch.Tensor  # (N, M, G): exp(L_n) * exp(offset_n + logit_n), nu_n = A_n @ weights_n
     totals_per_metagene: np.ndarray  # (N, M): weights summed over the modelled genes
+    field_offsets: np.ndarray | None = None  # (areas, G) float32: the gene field's log-rate offsets
+
+    def area_factor(self, genes: np.ndarray) -> np.ndarray | None:
+        """exp(gene-field offset) per area and gene of ``genes`` (None without a field)."""
+        return None if self.field_offsets is None else np.exp(self.field_offsets[:, genes].astype(np.float64))
+
+    def nu(self, n: int, genes: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+        """Sample ``n``'s expected counts (areas x genes); ``factor``: :meth:`area_factor` of ``genes``."""
+        nu = (self.A[n] @ self.weights[n][:, genes].numpy()).astype(np.float64)
+        return nu if factor is None else nu * factor
+
+    def totals(self) -> np.ndarray:
+        """(N, areas): expected counts summed over all modelled genes."""
+        if self.field_offsets is None:
+            return np.einsum("nam,nm->na", self.A, self.totals_per_metagene)
+        n_genes = self.weights.shape[2]
+        out = np.zeros(self.A.shape[:2])
+        for c0 in range(0, n_genes, GENE_CHUNK):
+            idx = np.arange(c0, min(n_genes, c0 + GENE_CHUNK))
+            factor = self.area_factor(idx)
+            for n in range(self.A.shape[0]):
+                out[n] += self.nu(n, idx, factor).sum(1)
+        return out
 
 
 def _region(data: SectionData, W: sparse.csr_matrix, margin: int) -> tuple[int, int, int, int]:
@@ -151,13 +175,20 @@ def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: spars
             continue
         sa = (s[None] * act).reshape(act.shape[0], -1).T.numpy()  # pixels x M
         A[n] += np.asarray(sub @ sa, dtype=np.float32)
-    return Draws(A, torch.stack(weights), np.stack(totals))
+    draws = Draws(A, torch.stack(weights), np.stack(totals))
+    gf = expr.gene_field
+    i = None if gf is None else gf.index(data.name, data.shape)
+    if i is not None:  # a section the gene field was trained on: kriging means at the area centroids
+        centres = area_centres_um(W, w, data.fx, data.fy, data.mpp)
+        draws.field_offsets = gf.area_offsets(i, centres, np.arange(gf.n_genes)).astype(np.float32)
+    return draws
 
 
 def expected_counts(draws: Draws, genes: np.ndarray | None = None) -> np.ndarray:
     """nu samples (N, areas, genes) for gene indices ``genes`` (default all)."""
-    wt = draws.weights if genes is None else draws.weights[:, :, genes]
-    return np.stack([draws.A[n] @ wt[n].numpy() for n in range(draws.A.shape[0])]).astype(np.float32)
+    genes = np.arange(draws.weights.shape[2]) if genes is None else np.asarray(genes)
+    factor = draws.area_factor(genes)
+    return np.stack([draws.nu(n, genes, factor) for n in range(draws.A.shape[0])]).astype(np.float32)
 
 
 def summarize(draws: Draws, genes: np.ndarray, modelled_fraction: float) -> dict[str, np.ndarray]:
@@ -168,15 +199,16 @@ def summarize(draws: Draws, genes: np.ndarray, modelled_fraction: float) -> dict
     all genes. Computed in gene chunks (memory: areas x chunk).
     """
     n, n_areas, _ = draws.A.shape
-    totals = np.einsum("nam,nm->na", draws.A, draws.totals_per_metagene) / float(modelled_fraction)
+    totals = draws.totals() / float(modelled_fraction)
     totals = np.maximum(totals, 1e-12)
     out = {k: np.empty((n_areas, len(genes)), dtype=np.float32) for k in ("mean", "sd", "mean_counts", "sd_counts")}
     for c0 in range(0, len(genes), GENE_CHUNK):
         idx = genes[c0 : c0 + GENE_CHUNK]
         s1 = np.zeros((n_areas, len(idx))), np.zeros((n_areas, len(idx)))
         s2 = np.zeros((n_areas, len(idx))), np.zeros((n_areas, len(idx)))
+        factor = draws.area_factor(idx)
         for k in range(n):
-            nu = (draws.A[k] @ draws.weights[k][:, idx].numpy()).astype(np.float64)
+            nu = draws.nu(k, idx, factor)
             y = np.log1p(nu / totals[k][:, None] * TARGET_SUM)
             for acc, v in ((0, nu), (1, y)):
                 s1[acc][:] += v

@@ -58,7 +58,9 @@ class Batch:
     ``image`` (B, 3, P, P) in [-0.9, 0.9]; ``valid`` (B, 1, P, P) 1 inside the image;
     ``labels`` (B, P, P) long, -1 ignored, else an index into ``counts[b]`` (row 0 of
     ``counts[b]`` is the background's zeros); ``beta`` (B, n_effects); ``section`` (B,);
-    ``place``: where each patch lies in its section (for the expression field).
+    ``place``: where each patch lies in its section (for the expression field); ``obs``:
+    per patch, the observations (0-based, in the order of rows 1.. of ``counts[b]``) whose
+    counts it holds (for the gene field).
     """
 
     image: torch.Tensor
@@ -68,6 +70,7 @@ class Batch:
     beta: torch.Tensor
     section: np.ndarray
     place: Placement | None = None
+    obs: list[np.ndarray] | None = None
 
 
 class _Source:
@@ -142,7 +145,8 @@ class PatchSampler:
         inside = (np.abs(q) <= self.patch_px / 2).all(axis=(1, 2))
         return np.flatnonzero(inside)
 
-    def _one(self, src: _Source) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    def _one(self, src: _Source) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray,
+                                          np.ndarray]:
         centre = self._centre(src)
         m = self._transform()
         side = 2 * int(math.ceil(self.reach)) + 2
@@ -159,7 +163,7 @@ class PatchSampler:
         local = torch.where(lab >= 0, lut[lab.clamp_min(0) + 1], torch.full_like(lab, UNOBSERVED))
         counts = torch.cat([src.counts[:1], src.counts[torch.from_numpy(keep + 1)]])
         img = torch.where(valid, img, torch.ones_like(img))
-        return img, valid.float(), local, counts, centre, m
+        return img, valid.float(), local, counts, centre, m, keep
 
     def _colour(self, img: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """±5% brightness, contrast, saturation and hue."""
@@ -179,10 +183,11 @@ class PatchSampler:
     def sample(self, batch_size: int) -> Batch:
         """A batch of ``batch_size`` augmented patches."""
         idx = self.rng.choice(len(self.sources), size=int(batch_size), p=self.section_p)
-        imgs, valids, labels, counts, betas, centres, mats = [], [], [], [], [], [], []
+        imgs, valids, labels, counts, betas, centres, mats, obs = [], [], [], [], [], [], [], []
         for i in idx:
             src = self.sources[i]
-            img, valid, lab, cnt, centre, m = self._one(src)
+            img, valid, lab, cnt, centre, m, keep = self._one(src)
+            obs.append(keep)
             centres.append(centre)
             mats.append(m)
             if self.augment:
@@ -193,4 +198,4 @@ class PatchSampler:
             counts.append(cnt)
             betas.append(src.beta)
         place = Placement(idx, torch.from_numpy(np.stack(centres)).float(), torch.from_numpy(np.stack(mats)).float())
-        return Batch(torch.stack(imgs), torch.stack(valids), torch.stack(labels), counts, torch.stack(betas), idx, place)
+        return Batch(torch.stack(imgs), torch.stack(valids), torch.stack(labels), counts, torch.stack(betas), idx, place, obs)

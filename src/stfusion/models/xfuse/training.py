@@ -52,10 +52,10 @@ def elbo_terms(net: XFuseNet, expr: ExpressionModel, batch: Batch, weight: float
     sa = net.scale(feats, field) * net.activities(feats, expr.active, field)
     draw = expr.sample(generator)
     ll_expr = sa.new_zeros(())
-    for b in range(sa.shape[0]):
+    for b, offset in enumerate(expr.area_offsets(batch)):
         A = area_sums(sa[b], batch.labels[b], batch.counts[b].shape[0])
-        ll_expr = ll_expr + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b])
-    kl_global = expr.kl() - (net.field.log_prior() if net.field is not None else 0.0)
+        ll_expr = ll_expr + expr.log_likelihood(A, batch.counts[b], draw, batch.beta[b], offset)
+    kl_global = expr.kl() - sum(f.log_prior() for f in (net.field, expr.gene_field) if f is not None)
     elbo = weight * (ll_expr + ll_img - kl_z) - kl_global
     return {"elbo": elbo, "expr_loglik": weight * ll_expr, "image_loglik": weight * ll_img,
             "kl_z": weight * kl_z, "kl_global": kl_global}

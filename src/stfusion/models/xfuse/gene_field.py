@@ -1,0 +1,207 @@
+"""A per-section, per-gene Gaussian-process random effect on XFuse's expression rates (``gene_field``).
+
+The paper's model explains a gene's spatial pattern only through the metagene activities,
+which the decoder reads from the latent tissue state, whose posterior an encoder infers from
+the image alone. What the measured spots of a section say about the tissue between them
+reaches an unmeasured spot only through weights shared by the whole section. On the MOB 50%
+spot hold-out that leaves it below a Gaussian process over the spots
+(``benchmarks/xfuse/README.md``).
+
+With ``gene_field=True`` each training section gets, for every gene g, a spatial random
+effect f_g on the gene's log rate:
+
+    r(g, area) = exp(t_g + beta . E_g + f_g(area)) * sum_m A[area, m] exp(L_mg)
+
+The prior of f_g is a Gaussian process over the section, squared-exponential with a small
+nugget, whose length scale and signal variance are the gene's own: the maximum
+marginal-likelihood values of the Gaussian-process baseline (:func:`stfusion.baselines.gp.fit_hyperparameters`)
+on the section's log1p(counts / spot total x 1e4), fitted once before training. Its values
+at the training spots are parameters (whitened, ``f = sd * U sqrt(lambda) z`` with the
+kernel's eigendecomposition and a N(0, I) prior on ``z``), point (MAP) estimates fitted
+with the expression parameters. The counts of an area stay the collapsed negative binomial
+(memory grows with areas x genes, never with pixels x genes). Any other area (a held-out
+spot, a grid cell, a mask) gets the kriging mean of f_g at its centroid. The image model
+carries what histology shows, the field what the neighbouring spots show beyond it: a
+regression-kriging inside the generative model. After training on patches, each section's
+field is refitted full batch to its MAP given the rest of the model (:meth:`GeneField.refit`;
+on patches it converges slowly, as its spots are sampled only now and then). A section not trained on (an H&E-only slide
+included) gets no field (f = 0).
+
+Cost: one eigendecomposition of a spots x spots kernel per distinct length scale (at most
+16) and section, and a spots x spots x genes product per step; sized for legacy-ST and
+Visium sections of a few thousand spots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.spatial.distance import cdist
+from torch import nn
+
+NUGGET = 1e-2  # independent share of the unit-amplitude kernel (keeps it well conditioned)
+AREA_CHUNK = 4096  # areas per kernel block in kriging
+
+
+def area_centres_um(W: sparse.spmatrix, width: int, fx: float, fy: float, mpp: float) -> np.ndarray:
+    """Centroids (x, y) in µm of the areas of ``W`` (areas x working pixels of an image
+    ``width`` pixels wide; ``fx``/``fy`` working per full-resolution pixel, ``mpp`` µm per
+    full-resolution pixel). NaN for empty areas."""
+    W = sparse.csr_matrix(W)
+    ii, jj = np.divmod(np.arange(W.shape[1], dtype=np.int64), int(width))
+    size = np.asarray(W.sum(axis=1)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = (W @ ((jj + 0.5) / fx)) / size * mpp
+        y = (W @ ((ii + 0.5) / fy)) / size * mpp
+    return np.column_stack([x, y])
+
+
+def _kernel(a: np.ndarray, b: np.ndarray, lengthscale: float) -> np.ndarray:
+    return np.exp(-0.5 * cdist(a, b, "sqeuclidean") / float(lengthscale) ** 2)
+
+
+class GeneField(nn.Module):
+    """Per-section, per-gene Gaussian-process log-rate offsets (see the module docstring).
+
+    ``maps[i]`` (spots of section i x genes) holds the whitened values; buffers
+    ``coords_i`` (µm), ``lengthscale_i`` (µm) and ``sd_i`` hold each section's spot
+    centres and each gene's prior (saved with the weights).
+    """
+
+    def __init__(self, names: list[str], shapes: list[tuple[int, int]], n_obs: list[int], n_genes: int,
+                 nugget: float = NUGGET) -> None:
+        super().__init__()
+        self.names = [str(n) for n in names]
+        self.shapes = [tuple(int(v) for v in s) for s in shapes]
+        self.n_obs, self.n_genes, self.nugget = [int(n) for n in n_obs], int(n_genes), float(nugget)
+        self.maps = nn.ParameterList([nn.Parameter(torch.zeros(n, self.n_genes)) for n in self.n_obs])
+        for i, n in enumerate(self.n_obs):
+            self.register_buffer(f"coords_{i}", torch.zeros(n, 2, dtype=torch.float64))
+            self.register_buffer(f"lengthscale_{i}", torch.ones(self.n_genes, dtype=torch.float64))
+            self.register_buffer(f"sd_{i}", torch.zeros(self.n_genes))
+        self._bases: dict[int, list] = {}
+
+    def spec(self) -> dict:
+        return {"names": self.names, "shapes": [list(s) for s in self.shapes], "n_obs": self.n_obs,
+                "genes": self.n_genes, "nugget": self.nugget}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> GeneField:
+        return cls(spec["names"], [tuple(s) for s in spec["shapes"]], spec["n_obs"], spec["genes"], spec["nugget"])
+
+    def index(self, name: str, shape: tuple[int, int]) -> int | None:
+        """The section's index if the field was trained on it (same id and working shape)."""
+        for i, (n, s) in enumerate(zip(self.names, self.shapes, strict=True)):
+            if n == str(name) and s == tuple(int(v) for v in shape):
+                return i
+        return None
+
+    def set_prior(self, i: int, coords_um: np.ndarray, lengthscale_um: np.ndarray, sd: np.ndarray) -> None:
+        """Section ``i``'s spot centres (µm) and each gene's length scale (µm) and prior SD."""
+        with torch.no_grad():
+            getattr(self, f"coords_{i}").copy_(torch.as_tensor(np.asarray(coords_um, dtype=np.float64)))
+            getattr(self, f"lengthscale_{i}").copy_(torch.as_tensor(np.asarray(lengthscale_um, dtype=np.float64)))
+            getattr(self, f"sd_{i}").copy_(torch.as_tensor(np.asarray(sd, dtype=np.float32)))
+        self._bases.pop(i, None)
+
+    def _basis(self, i: int) -> list[tuple[torch.Tensor, float, np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Per distinct length scale: (genes, length scale, eigenvectors U (float64), U (float32), sqrt(eigenvalues))."""
+        if i not in self._bases:
+            xy = getattr(self, f"coords_{i}").numpy()
+            ls_all = getattr(self, f"lengthscale_{i}").numpy()
+            groups = []
+            for ls in np.unique(ls_all):
+                lam, u = np.linalg.eigh(_kernel(xy, xy, ls) + self.nugget * np.eye(len(xy)))
+                genes = torch.from_numpy(np.flatnonzero(ls_all == ls))
+                groups.append((genes, float(ls), u, torch.from_numpy(u.astype(np.float32)),
+                               torch.from_numpy(np.sqrt(np.clip(lam, 1e-12, None)).astype(np.float32))))
+            self._bases[i] = groups
+        return self._bases[i]
+
+    def values(self, i: int) -> torch.Tensor:
+        """f at section ``i``'s training spots (spots x genes)."""
+        z, sd = self.maps[i], getattr(self, f"sd_{i}")
+        out = z.new_zeros(z.shape)
+        for genes, _, _, u, root in self._basis(i):
+            out = out.index_copy(1, genes, (u @ (root[:, None] * z[:, genes])) * sd[genes])
+        return out
+
+    def training_offsets(self, section: int, obs: np.ndarray) -> torch.Tensor:
+        """Offsets (1 + len(obs), genes) of a training patch's count rows: the background
+        (row 0, offset 0) and observations ``obs`` of training section ``section``."""
+        f = self.values(int(section))[torch.from_numpy(np.asarray(obs, dtype=np.int64))]
+        return torch.cat([f.new_zeros(1, self.n_genes), f])
+
+    @torch.no_grad()
+    def area_offsets(self, i: int, centres_um: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        """Kriging mean of f at area centroids ``centres_um`` (areas x 2; NaN rows: 0) for
+        gene indices ``genes``: (areas x len(genes))."""
+        genes = np.asarray(genes, dtype=np.int64)
+        out = np.zeros((len(centres_um), len(genes)))
+        ok = np.isfinite(centres_um).all(axis=1)
+        xy = getattr(self, f"coords_{i}").numpy()
+        z = self.maps[i].detach().double().numpy()
+        sd = getattr(self, f"sd_{i}").double().numpy()
+        pos = {g: k for k, g in enumerate(genes)}
+        for members, ls, u, _, root in self._basis(i):
+            sel = [g for g in members.tolist() if g in pos]
+            if not sel or not ok.any():
+                continue
+            # K^-1 f = U diag(1 / sqrt(lambda)) sd z; mean at x = k(x, S) K^-1 f
+            alpha = u @ (z[:, sel] / root.double().numpy()[:, None]) * sd[sel]
+            cols = [pos[g] for g in sel]
+            for rows in np.array_split(np.flatnonzero(ok), max(1, int(ok.sum()) // AREA_CHUNK)):  # bounded memory
+                out[np.ix_(rows, cols)] = _kernel(centres_um[rows], xy, ls) @ alpha
+        return out
+
+    def refit(self, i: int, A: torch.Tensor, counts: torch.Tensor, expr, beta: torch.Tensor, iters: int = 200) -> None:
+        """MAP of section ``i``'s field given the fitted rest of the model, full batch (L-BFGS):
+        ``A`` (spots x active metagenes) the spots' summed ``s * a`` at the posterior means,
+        ``counts`` (spots x genes), ``expr`` the :class:`.likelihood.ExpressionModel` (posterior
+        means of L, E, F). Trained on patches, the field moves only when its spots are
+        sampled and converges slowly; given the rest, its optimum is a smooth problem."""
+        draw = {k: v.detach() for k, v in expr.sample(mean=True).items()}
+        z = self.maps[i]
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=int(iters), line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = -expr.log_likelihood(A, counts, draw, beta, self.values(i)) + 0.5 * (z**2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        for p in expr.parameters():  # the closure's gradients reached them too; they were not changed
+            p.grad = None
+
+    def log_prior(self) -> torch.Tensor:
+        """Log prior of the whitened values (up to a constant)."""
+        return -0.5 * sum((m**2).sum() for m in self.maps)
+
+
+def build_field(sections: list, datas: list, genes: list[str]) -> GeneField:
+    """A gene field over training ``sections`` (AnnData) and their working ``datas``, each
+    gene's prior fitted on each section by the Gaussian-process baseline's marginal likelihood."""
+    from stfusion.baselines.gp import fit_hyperparameters
+    from stfusion.baselines.interpolation import stacked_targets
+    from stfusion.data.section import spot_coords
+
+    field = GeneField([d.name for d in datas], [d.shape for d in datas], [d.counts.shape[0] for d in datas], len(genes))
+    for i, (section, d) in enumerate(zip(sections, datas, strict=True)):
+        xy = spot_coords(section) * d.mpp
+        prior = fit_hyperparameters(xy, stacked_targets([section], genes))
+        field.set_prior(i, xy, prior["lengthscale"], np.sqrt(prior["signal"]))
+    return field
+
+
+def refit_fields(net, expr, sections: list, datas: list, seed: int, frame_px: int) -> None:
+    """Each training section's field at its MAP given the trained rest (:meth:`GeneField.refit`),
+    with the spots' ``s * a`` sums at the posterior means, as prediction computes them."""
+    from stfusion.models.xfuse import data as D
+    from stfusion.models.xfuse.predict import draw_areas
+
+    for i, (section, d) in enumerate(zip(sections, datas, strict=True)):
+        W = D.area_weights(D.area_spec(section), d.fx, d.fy, d.shape)
+        A = draw_areas(net, expr, d, W, 1, seed, frame_px=frame_px, mean=True).A[0]
+        expr.gene_field.refit(i, torch.from_numpy(A), torch.from_numpy(d.counts), expr, torch.from_numpy(d.beta))
