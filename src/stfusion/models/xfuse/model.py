@@ -101,7 +101,8 @@ class XFuse(Model):
         Precision of the field's differences between neighbouring cells (0: independent cells).
     gene_field
         A per-section, per-gene Gaussian-process random effect on the log rates
-        (:mod:`.gene_field`); False (default): none, the paper's model.
+        (:mod:`.gene_field`); False (default): none, the paper's model. On the MOB hold-out
+        it beat the Gaussian process with ``expr_lr=0.03`` (benchmarks/xfuse/README.md).
     max_time_s, progress, augment
         Wall-clock budget of training; progress bars; patch augmentation.
     preset
