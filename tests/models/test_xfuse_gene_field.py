@@ -48,7 +48,9 @@ def test_training_offsets_and_kriging_agree_at_the_spots_and_vanish_far_away() -
     with torch.no_grad():
         field.maps[0].copy_(torch.from_numpy(np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)))
     f = field.values(0).detach().numpy()
-    off = field.training_offsets(0, np.array([4, 1])).detach().numpy()
+    patches = field.training_offsets(np.array([0, 0]), [np.array([4, 1]), np.array([3])])
+    off, again = (o.detach().numpy() for o in patches)
+    np.testing.assert_allclose(again, np.vstack([np.zeros(3), f[3]]), rtol=1e-6)  # a second patch of the section
     np.testing.assert_allclose(off[0], 0.0)  # the background row
     np.testing.assert_allclose(off[1:], f[[4, 1]], rtol=1e-6)
     krig = field.area_offsets(0, np.vstack([xy, [[5000.0, 5000.0], [np.nan, np.nan]]]), np.array([2, 0]))

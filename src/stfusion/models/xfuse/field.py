@@ -47,6 +47,14 @@ class Placement:
         return cls(np.full(len(origins), int(section)), centre, mat)
 
 
+def section_index(names: list[str], shapes: list[tuple[int, int]], name: str, shape: tuple[int, int]) -> int | None:
+    """Index of the training section with id ``name`` and working ``shape`` (None: not trained on)."""
+    for i, (n, s) in enumerate(zip(names, shapes, strict=True)):
+        if n == str(name) and s == tuple(int(v) for v in shape):
+            return i
+    return None
+
+
 def read_field(field: torch.Tensor, field_cell: float, sample_cell: float, cells_hw, centre: torch.Tensor,
                mat: torch.Tensor) -> torch.Tensor:
     """``field`` (1, C, h', w'; cells of ``field_cell`` working pixels in section coordinates)
@@ -96,10 +104,7 @@ class ExpressionField(nn.Module):
                    spec.get("smoothness", 0.0))
 
     def index(self, name: str, shape: tuple[int, int]) -> int | None:
-        for i, (n, s) in enumerate(zip(self.names, self.shapes, strict=True)):
-            if n == str(name) and s == tuple(int(v) for v in shape):
-                return i
-        return None
+        return section_index(self.names, self.shapes, name, shape)
 
     def read(self, place: Placement, hw) -> torch.Tensor:
         """Offsets at every pixel of each patch: (B, M + 1, h, w)."""

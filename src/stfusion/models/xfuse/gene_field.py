@@ -37,8 +37,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.spatial.distance import cdist
 from torch import nn
+
+from stfusion.baselines.gp import fit_hyperparameters, sq_exp_kernel
+from stfusion.models.xfuse.field import section_index
 
 NUGGET = 1e-2  # independent share of the unit-amplitude kernel (keeps it well conditioned)
 AREA_CHUNK = 4096  # areas per kernel block in kriging
@@ -55,10 +57,6 @@ def area_centres_um(W: sparse.spmatrix, width: int, fx: float, fy: float, mpp: f
         x = (W @ ((jj + 0.5) / fx)) / size * mpp
         y = (W @ ((ii + 0.5) / fy)) / size * mpp
     return np.column_stack([x, y])
-
-
-def _kernel(a: np.ndarray, b: np.ndarray, lengthscale: float) -> np.ndarray:
-    return np.exp(-0.5 * cdist(a, b, "sqeuclidean") / float(lengthscale) ** 2)
 
 
 class GeneField(nn.Module):
@@ -92,10 +90,7 @@ class GeneField(nn.Module):
 
     def index(self, name: str, shape: tuple[int, int]) -> int | None:
         """The section's index if the field was trained on it (same id and working shape)."""
-        for i, (n, s) in enumerate(zip(self.names, self.shapes, strict=True)):
-            if n == str(name) and s == tuple(int(v) for v in shape):
-                return i
-        return None
+        return section_index(self.names, self.shapes, name, shape)
 
     def set_prior(self, i: int, coords_um: np.ndarray, lengthscale_um: np.ndarray, sd: np.ndarray) -> None:
         """Section ``i``'s spot centres (µm) and each gene's length scale (µm) and prior SD."""
@@ -112,7 +107,7 @@ class GeneField(nn.Module):
             ls_all = getattr(self, f"lengthscale_{i}").numpy()
             groups = []
             for ls in np.unique(ls_all):
-                lam, u = np.linalg.eigh(_kernel(xy, xy, ls) + self.nugget * np.eye(len(xy)))
+                lam, u = np.linalg.eigh(sq_exp_kernel(xy, xy, ls) + self.nugget * np.eye(len(xy)))
                 genes = torch.from_numpy(np.flatnonzero(ls_all == ls))
                 groups.append((genes, float(ls), u, torch.from_numpy(u.astype(np.float32)),
                                torch.from_numpy(np.sqrt(np.clip(lam, 1e-12, None)).astype(np.float32))))
@@ -127,11 +122,16 @@ class GeneField(nn.Module):
             out = out.index_copy(1, genes, (u @ (root[:, None] * z[:, genes])) * sd[genes])
         return out
 
-    def training_offsets(self, section: int, obs: np.ndarray) -> torch.Tensor:
-        """Offsets (1 + len(obs), genes) of a training patch's count rows: the background
-        (row 0, offset 0) and observations ``obs`` of training section ``section``."""
-        f = self.values(int(section))[torch.from_numpy(np.asarray(obs, dtype=np.int64))]
-        return torch.cat([f.new_zeros(1, self.n_genes), f])
+    def training_offsets(self, sections: np.ndarray, obs: list[np.ndarray]) -> list[torch.Tensor]:
+        """Offsets (1 + len(obs[b]), genes) of each training patch's count rows: the background
+        (row 0, offset 0) and observations ``obs[b]`` of training section ``sections[b]``.
+        Each section's values are computed once per call, however many patches it has."""
+        values = {int(i): self.values(int(i)) for i in np.unique(sections)}
+        out = []
+        for i, o in zip(sections, obs, strict=True):
+            f = values[int(i)][torch.from_numpy(np.asarray(o, dtype=np.int64))]
+            out.append(torch.cat([f.new_zeros(1, self.n_genes), f]))
+        return out
 
     @torch.no_grad()
     def area_offsets(self, i: int, centres_um: np.ndarray, genes: np.ndarray) -> np.ndarray:
@@ -152,7 +152,7 @@ class GeneField(nn.Module):
             alpha = u @ (z[:, sel] / root.double().numpy()[:, None]) * sd[sel]
             cols = [pos[g] for g in sel]
             for rows in np.array_split(np.flatnonzero(ok), max(1, int(ok.sum()) // AREA_CHUNK)):  # bounded memory
-                out[np.ix_(rows, cols)] = _kernel(centres_um[rows], xy, ls) @ alpha
+                out[np.ix_(rows, cols)] = sq_exp_kernel(centres_um[rows], xy, ls) @ alpha
         return out
 
     def refit(self, i: int, A: torch.Tensor, counts: torch.Tensor, expr, beta: torch.Tensor, iters: int = 200) -> None:
@@ -183,7 +183,6 @@ class GeneField(nn.Module):
 def build_field(sections: list, datas: list, genes: list[str]) -> GeneField:
     """A gene field over training ``sections`` (AnnData) and their working ``datas``, each
     gene's prior fitted on each section by the Gaussian-process baseline's marginal likelihood."""
-    from stfusion.baselines.gp import fit_hyperparameters
     from stfusion.baselines.interpolation import stacked_targets
     from stfusion.data.section import spot_coords
 

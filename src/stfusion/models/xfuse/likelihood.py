@@ -77,7 +77,7 @@ class ExpressionModel(nn.Module):
         """The gene field's log-rate offsets of each patch's count rows (None without a field)."""
         if self.gene_field is None or batch.obs is None:
             return [None] * len(batch.counts)
-        return [self.gene_field.training_offsets(s, o) for s, o in zip(batch.section, batch.obs, strict=True)]
+        return self.gene_field.training_offsets(batch.section, batch.obs)
 
     @property
     def n_effects(self) -> int:
