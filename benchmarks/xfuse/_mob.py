@@ -171,22 +171,28 @@ def smoothed(values: np.ndarray, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plateau(df: pd.DataFrame, window: int = 100, tol: float = 0.01) -> dict[str, float]:
+def plateau(df: pd.DataFrame, window: int = 100, tol: float = 0.01, relative_to: str = "rise") -> dict[str, float]:
     """First step from which the smoothed ELBO stays within ``tol`` of its final value.
 
     Plateau = the first step t such that for every later step the ``window``-step trailing
-    mean of the ELBO lies within ``tol`` x |final smoothed ELBO| of the final smoothed ELBO
-    (the mean over the last ``window`` steps).
+    mean of the ELBO lies within ``tol`` x D of the final smoothed ELBO (the mean over the
+    last ``window`` steps). ``relative_to="rise"``: D = |final smoothed ELBO - ELBO at the
+    first step|, the total rise; unchanged by adding a constant to the ELBO (such as the
+    image likelihood's normalising terms). ``"final"``: D = |final smoothed ELBO|, the rule
+    of the first runs, which is strict when the final ELBO happens to lie near zero.
     """
     elbo = df["elbo"].to_numpy(float)
     sm = smoothed(elbo, window)
     final = sm[-1]
-    off = np.abs(sm - final) > tol * abs(final)
+    if relative_to not in ("rise", "final"):
+        raise ValueError(f"relative_to must be 'rise' or 'final', got {relative_to!r}")
+    scale = abs(final - elbo[0]) if relative_to == "rise" else abs(final)
+    off = np.abs(sm - final) > tol * scale
     last_off = np.flatnonzero(off)
     i = 0 if last_off.size == 0 else int(last_off[-1]) + 1
     i = min(i, len(sm) - 1)
     return {"plateau_step": int(df["step"].iloc[i]), "plateau_seconds": float(df["seconds"].iloc[i]),
-            "final_smoothed_elbo": float(final), "window": window, "tol": tol}
+            "final_smoothed_elbo": float(final), "window": window, "tol": tol, "relative_to": relative_to}
 
 
 def write_elbo(history: list[dict[str, Any]], stem: Path, title: str, window: int = 100,

@@ -19,6 +19,7 @@ Writes benchmarks/xfuse/mob_pairs.{md,csv,json} and mob_pairs_elbo_MOB{1,2}.{csv
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -48,7 +49,8 @@ def run_section(name: str, args: argparse.Namespace, out: Path) -> dict:
     section = M.read(name)
     merged, table = merge_neighbour_pairs(section, seed=args.seed)
     genes = M.top_genes([merged], args.genes)
-    model = XFuse(preset="fast", seed=args.seed, progress=False, **({"steps": args.steps} if args.steps else {}))
+    params = {**({"steps": args.steps} if args.steps else {}), **json.loads(args.params)}
+    model = XFuse(preset="fast", seed=args.seed, progress=False, **params)
     t0 = time.perf_counter()
     model.fit([merged], genes=genes)
     fit_s = time.perf_counter() - t0
@@ -67,6 +69,9 @@ def run_section(name: str, args: argparse.Namespace, out: Path) -> dict:
     ma, mb = sa.mean(0), sb.mean(0)
     gene_r = M.genewise_pearson(np.vstack([ma, mb]), np.vstack([ta, tb]))
     pred_calls = _predictive_calls(draws[:, :n], draws[:, n:], ta, tb, CREDIBILITY)
+    if args.save_cases:  # per (pair, gene) case, for pairs_ceiling.py
+        np.savez_compressed(out / f"mob_pairs_cases_{name}.npz", p_a_higher=(sa > sb).mean(0), mean_a=sa.mean(0),
+                            mean_b=sb.mean(0), truth_a=ta, truth_b=tb, genes=np.asarray(genes))
     M.write_elbo(model.history_, out / f"mob_pairs_elbo_{name}", f"XFuse on merged pairs of {name} ({len(genes)} genes)")
     return {
         "section": name,
@@ -116,14 +121,17 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=100)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--steps", type=int, default=None, help="override the fast preset's steps (smoke tests)")
+    ap.add_argument("--params", default="{}", help='XFuse hyperparameters over the fast preset, JSON (e.g. \'{"expr_lr": 0.03}\')')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=M.HERE)
+    ap.add_argument("--save-cases", action="store_true",
+                    help="also write mob_pairs_cases_<section>.npz (posterior P(a > b), means, measured counts)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     M.set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    prov = M.Provenance(args.seed, args.threads, preset="fast", steps=args.steps or "preset (2000)",
+    prov = M.Provenance(args.seed, args.threads, preset="fast", steps=args.steps or "preset (2000)", params=args.params,
                         credibility=CREDIBILITY, pairing="stfusion.benchmark.pairs.merge_neighbour_pairs(seed)")
     rows = []
     for name in args.sections:  # the tables are rewritten after each section

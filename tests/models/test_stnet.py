@@ -76,6 +76,7 @@ def test_tta_is_invariant_to_rotating_the_patch():
     torch.nn.init.normal_(net.head.weight)
     patches = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     base, _ = predict_arrays(net, patches, tta=True)
+    np.testing.assert_allclose(predict_arrays(net, patches, tta=True, batch_size=2, progress=True)[0], base, rtol=1e-5, atol=1e-6)
     for k in (1, 2, 3):
         rot, _ = predict_arrays(net, np.rot90(patches, k, axes=(1, 2)).copy(), tta=True)
         np.testing.assert_allclose(rot, base, rtol=1e-5, atol=1e-5)

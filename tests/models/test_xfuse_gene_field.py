@@ -59,6 +59,49 @@ def test_training_offsets_and_kriging_agree_at_the_spots_and_vanish_far_away() -
     np.testing.assert_allclose(krig[5:], 0.0, atol=1e-12)  # far from every spot, and an empty area: the prior mean
 
 
+def test_training_offsets_of_patches_sharing_spots_match_the_full_values_and_gradients() -> None:
+    """Values computed at the batch's spots only: the same offsets and gradients as indexing
+    the values at every spot of the section."""
+    field, _ = _field()
+    with torch.no_grad():
+        field.maps[0].copy_(torch.from_numpy(np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)))
+    obs = [np.array([4, 1]), np.array([1, 3, 1]), np.array([], dtype=int)]
+    weights = [torch.arange(1.0, 1.0 + 3 * (len(o) + 1)).reshape(-1, 3) for o in obs]
+    field.zero_grad()
+    offsets = field.training_offsets(np.array([0, 0, 0]), obs)
+    sum((w * o).sum() for w, o in zip(weights, offsets)).backward()
+    grad_rows = field.maps[0].grad.clone()
+    field.zero_grad()
+    f = field.values(0)
+    full = [torch.cat([f.new_zeros(1, 3), f[torch.from_numpy(o)]]) for o in obs]
+    sum((w * o).sum() for w, o in zip(weights, full)).backward()
+    for a, b in zip(offsets, full):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_rows.numpy(), field.maps[0].grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_field_reloads_the_same_values_in_another_eigenbasis(monkeypatch) -> None:
+    """The saved state carries the field's values: a machine whose LAPACK returns other
+    eigenvector signs rebuilds the same field from them."""
+    field, _ = _field()
+    with torch.no_grad():
+        field.maps[0].copy_(torch.from_numpy(np.random.default_rng(2).normal(size=(5, 3)).astype(np.float32)))
+    f = field.values(0).detach().numpy()
+    state = field.state_dict()
+    eigh = np.linalg.eigh
+
+    def flipped(a):
+        lam, u = eigh(a)
+        return lam, u * np.where(np.arange(u.shape[1]) % 2 == 0, -1.0, 1.0)
+
+    monkeypatch.setattr(np.linalg, "eigh", flipped)
+    other = GeneField.from_spec(field.spec())
+    other.load_state_dict(state)
+    assert not torch.allclose(other.maps[0], field.maps[0])  # other coordinates ...
+    np.testing.assert_allclose(other.values(0).detach().numpy(), f, rtol=1e-5, atol=1e-5)  # ... same field
+    assert set(other.state_dict()) == set(state)
+
+
 def _with_position_gene(section: ad.AnnData, factor: float = 6.0) -> ad.AnnData:
     """The synthetic section plus gene ``right``: counts ``factor`` x higher right of the
     middle, a pattern its image does not show."""

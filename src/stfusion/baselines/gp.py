@@ -102,10 +102,13 @@ def fit_variances(
     return np.exp(logr) * noise, noise, 0.5 * twice_nlml
 
 
-def fit_hyperparameters(xy: np.ndarray, y: np.ndarray, n_lengthscales: int = 16) -> dict[str, np.ndarray]:
+def fit_hyperparameters(xy: np.ndarray, y: np.ndarray, n_lengthscales: int = 16,
+                        eigs: dict[float, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """Per-gene ``mean``, ``lengthscale`` (units of ``xy``), ``signal`` and ``noise`` variances
     (units of ``y``) and ``nlml`` by maximum marginal likelihood (see the module docstring);
-    ``xy`` (spots x 2), ``y`` (spots x genes)."""
+    ``xy`` (spots x 2), ``y`` (spots x genes). ``eigs``: a dict that receives, for each length
+    scale some gene chose, the kernel's eigenvalues and eigenvectors (float32), for callers that
+    need them again."""
     if len(xy) < 3:
         raise StfusionError(f"A Gaussian process needs at least 3 training spots per section, got {len(xy)}.")
     mean, sd = y.mean(axis=0), y.std(axis=0)
@@ -119,6 +122,10 @@ def fit_hyperparameters(xy: np.ndarray, y: np.ndarray, n_lengthscales: int = 16)
         better = nlml < best["nlml"]
         for key, val in (("nlml", nlml), ("lengthscale", np.full(g, ls)), ("signal", s), ("noise", nv)):
             best[key][better] = val[better]
+        if eigs is not None:
+            eigs[float(ls)] = (lam, u.astype(np.float32))
+            for unused in [k for k in eigs if k not in set(best["lengthscale"].tolist())]:
+                del eigs[unused]  # no gene chose it (so far): free its matrix
     return {"mean": mean, "lengthscale": best["lengthscale"], "signal": best["signal"] * sd**2,
             "noise": best["noise"] * sd**2, "nlml": best["nlml"]}
 

@@ -250,7 +250,7 @@ class STNet(Model):
     def predict_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(predictions N x G, embeddings N x F) for uint8 patches (N, H, W, 3)."""
         self._check_fitted()
-        return predict_arrays(self.net_, patches, tta=self.config["tta"])
+        return predict_arrays(self.net_, patches, tta=self.config["tta"], progress=self.config["progress"])
 
     def predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()

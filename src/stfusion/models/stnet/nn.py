@@ -108,19 +108,23 @@ def tta_embed(net: STNetNet, x: torch.Tensor) -> torch.Tensor:
 
 
 def predict_arrays(
-    net: STNetNet, patches: np.ndarray, *, tta: bool = True, batch_size: int = 64
+    net: STNetNet, patches: np.ndarray, *, tta: bool = True, batch_size: int = 64, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions (N, G) and embeddings (N, F) of uint8 patches, in eval mode without gradients.
 
     With ``tta`` both are means over the 8 dihedral symmetries (the head is linear, so the
-    mean of the predictions is the head applied to the mean features).
+    mean of the predictions is the head applied to the mean features). ``progress``: a rich
+    progress bar over the batches.
     """
+    from rich.progress import track
+
+    starts = range(0, len(patches), batch_size)
     was_training = net.training
     net.eval()
     preds, feats = [], []
     try:
         with torch.no_grad():
-            for start in range(0, len(patches), batch_size):
+            for start in track(starts, description="ST-Net patches", disable=not progress, transient=True):
                 x = to_tensor(patches[start : start + batch_size])
                 f = tta_embed(net, x) if tta else net.embed(x)
                 feats.append(f)

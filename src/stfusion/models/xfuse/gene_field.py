@@ -28,8 +28,9 @@ on patches it converges slowly, as its spots are sampled only now and then). A s
 included) gets no field (f = 0).
 
 Cost: one eigendecomposition of a spots x spots kernel per distinct length scale (at most
-16) and section, and a spots x spots x genes product per step; sized for legacy-ST and
-Visium sections of a few thousand spots.
+16) and section, the prior fit's own (reused, not computed again), kept in float32 (16 x 64
+MB for a Visium section of 4,000 spots), and per step a (spots in the batch) x spots x genes
+product; ``benchmarks/xfuse/gene_field_scale.py`` times it at Visium size.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class GeneField(nn.Module):
             self.register_buffer(f"lengthscale_{i}", torch.ones(self.n_genes, dtype=torch.float64))
             self.register_buffer(f"sd_{i}", torch.zeros(self.n_genes))
         self._bases: dict[int, list] = {}
+        self.register_state_dict_post_hook(_save_values)
+        self.register_load_state_dict_pre_hook(_load_values)
 
     def spec(self) -> dict:
         return {"names": self.names, "shapes": [list(s) for s in self.shapes], "n_obs": self.n_obs,
@@ -100,38 +103,67 @@ class GeneField(nn.Module):
             getattr(self, f"sd_{i}").copy_(torch.as_tensor(np.asarray(sd, dtype=np.float32)))
         self._bases.pop(i, None)
 
-    def _basis(self, i: int) -> list[tuple[torch.Tensor, float, np.ndarray, torch.Tensor, torch.Tensor]]:
-        """Per distinct length scale: (genes, length scale, eigenvectors U (float64), U (float32), sqrt(eigenvalues))."""
+    def seed_basis(self, i: int, eigs: dict[float, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Use eigendecompositions already computed for section ``i``'s kernels (the prior fit's,
+        :func:`fit_hyperparameters` ``eigs``) instead of computing them again."""
+        ls_all = getattr(self, f"lengthscale_{i}").numpy()
+        if set(np.unique(ls_all).tolist()) <= set(eigs):
+            self._bases[i] = [self._group(ls_all, ls, *eigs[ls]) for ls in np.unique(ls_all).tolist()]
+
+    def _group(self, ls_all: np.ndarray, ls: float, lam: np.ndarray, u: np.ndarray) -> tuple:
+        genes = torch.from_numpy(np.flatnonzero(ls_all == ls))
+        root = np.sqrt(np.clip(lam, 0.0, None) + self.nugget).astype(np.float32)
+        return genes, float(ls), torch.from_numpy(np.asarray(u, dtype=np.float32)), torch.from_numpy(root)
+
+    def _basis(self, i: int) -> list[tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]]:
+        """Per distinct length scale: (genes, length scale, eigenvectors U, sqrt(eigenvalues)) of
+        the kernel plus nugget, float32 (one spots x spots matrix per length scale is what the
+        field keeps in memory). Any orthonormal eigenbasis will do: saved fields carry their
+        values, from which the parameters are rebuilt where the basis differs (``_load_values``)."""
         if i not in self._bases:
             xy = getattr(self, f"coords_{i}").numpy()
             ls_all = getattr(self, f"lengthscale_{i}").numpy()
-            groups = []
-            for ls in np.unique(ls_all):
-                lam, u = np.linalg.eigh(sq_exp_kernel(xy, xy, ls) + self.nugget * np.eye(len(xy)))
-                genes = torch.from_numpy(np.flatnonzero(ls_all == ls))
-                groups.append((genes, float(ls), u, torch.from_numpy(u.astype(np.float32)),
-                               torch.from_numpy(np.sqrt(np.clip(lam, 1e-12, None)).astype(np.float32))))
-            self._bases[i] = groups
+            self._bases[i] = [self._group(ls_all, ls, *np.linalg.eigh(sq_exp_kernel(xy, xy, ls)))
+                              for ls in np.unique(ls_all).tolist()]
         return self._bases[i]
 
-    def values(self, i: int) -> torch.Tensor:
-        """f at section ``i``'s training spots (spots x genes)."""
+    def values(self, i: int, rows: np.ndarray | None = None) -> torch.Tensor:
+        """f at section ``i``'s training spots ``rows`` (default: all; rows x genes). Only the
+        requested rows of the basis are multiplied: a patch's few spots cost rows x spots x genes."""
         z, sd = self.maps[i], getattr(self, f"sd_{i}")
-        out = z.new_zeros(z.shape)
-        for genes, _, _, u, root in self._basis(i):
-            out = out.index_copy(1, genes, (u @ (root[:, None] * z[:, genes])) * sd[genes])
+        idx = None if rows is None else torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        out = z.new_zeros((z.shape[0] if idx is None else len(idx), z.shape[1]))
+        for genes, _, u, root in self._basis(i):
+            ur = u if idx is None else u.index_select(0, idx)
+            out = out.index_copy(1, genes, (ur @ (root[:, None] * z[:, genes])) * sd[genes])
         return out
 
     def training_offsets(self, sections: np.ndarray, obs: list[np.ndarray]) -> list[torch.Tensor]:
         """Offsets (1 + len(obs[b]), genes) of each training patch's count rows: the background
         (row 0, offset 0) and observations ``obs[b]`` of training section ``sections[b]``.
-        Each section's values are computed once per call, however many patches it has."""
-        values = {int(i): self.values(int(i)) for i in np.unique(sections)}
-        out = []
-        for i, o in zip(sections, obs, strict=True):
-            f = values[int(i)][torch.from_numpy(np.asarray(o, dtype=np.int64))]
-            out.append(torch.cat([f.new_zeros(1, self.n_genes), f]))
+        Each section's values are computed once per call, at the rows its patches need."""
+        sections = np.asarray(sections)
+        out: list[torch.Tensor | None] = [None] * len(obs)
+        for i in np.unique(sections):
+            members = np.flatnonzero(sections == i)
+            rows = [np.asarray(obs[b], dtype=np.int64) for b in members]
+            needed, inverse = np.unique(np.concatenate(rows), return_inverse=True)
+            f = self.values(int(i), needed)
+            start = 0
+            for b, r in zip(members, rows, strict=True):
+                sel = torch.from_numpy(inverse[start:start + len(r)].astype(np.int64))
+                out[b] = torch.cat([f.new_zeros(1, self.n_genes), f[sel]])
+                start += len(r)
         return out
+
+    def whiten(self, i: int, values: torch.Tensor) -> torch.Tensor:
+        """The whitened parameters of section ``i`` whose :meth:`values` are ``values``."""
+        sd = getattr(self, f"sd_{i}")
+        z = values.new_zeros(values.shape)
+        for genes, _, u, root in self._basis(i):
+            scaled = values[:, genes] / torch.where(sd[genes] > 0, sd[genes], 1.0)
+            z = z.index_copy(1, genes, (u.T @ scaled) / root[:, None])
+        return z
 
     @torch.no_grad()
     def area_offsets(self, i: int, centres_um: np.ndarray, genes: np.ndarray) -> np.ndarray:
@@ -144,12 +176,12 @@ class GeneField(nn.Module):
         z = self.maps[i].detach().double().numpy()
         sd = getattr(self, f"sd_{i}").double().numpy()
         pos = {g: k for k, g in enumerate(genes)}
-        for members, ls, u, _, root in self._basis(i):
+        for members, ls, u, root in self._basis(i):
             sel = [g for g in members.tolist() if g in pos]
             if not sel or not ok.any():
                 continue
             # K^-1 f = U diag(1 / sqrt(lambda)) sd z; mean at x = k(x, S) K^-1 f
-            alpha = u @ (z[:, sel] / root.double().numpy()[:, None]) * sd[sel]
+            alpha = u.double().numpy() @ (z[:, sel] / root.double().numpy()[:, None]) * sd[sel]
             cols = [pos[g] for g in sel]
             for rows in np.array_split(np.flatnonzero(ok), max(1, int(ok.sum()) // AREA_CHUNK)):  # bounded memory
                 out[np.ix_(rows, cols)] = sq_exp_kernel(centres_um[rows], xy, ls) @ alpha
@@ -180,6 +212,36 @@ class GeneField(nn.Module):
         return -0.5 * sum((m**2).sum() for m in self.maps)
 
 
+def _values_key(prefix: str, i: int) -> str:
+    return f"{prefix}values_at_spots.{i}"
+
+
+def _save_values(field: GeneField, state: dict, prefix: str, _metadata) -> None:
+    """Save each section's field values at its spots beside the whitened parameters: these are
+    coordinates in an eigenbasis that another machine's LAPACK may choose differently (signs,
+    rotations within repeated eigenvalues of a regular lattice)."""
+    with torch.no_grad():
+        for i in range(len(field.maps)):
+            state[_values_key(prefix, i)] = field.values(i).detach().clone()
+
+
+def _load_values(field: GeneField, state: dict, prefix: str, *_args) -> None:
+    """Keep the saved whitened parameters where this machine's eigenbasis turns them into the
+    saved values (exactly the same predictions); otherwise whiten the saved values anew."""
+    for i in range(len(field.maps)):
+        saved = state.pop(_values_key(prefix, i), None)
+        if saved is None:  # saved by an earlier version: parameters only
+            continue
+        for name in ("coords", "lengthscale", "sd"):
+            getattr(field, f"{name}_{i}").copy_(state[f"{prefix}{name}_{i}"])
+        field._bases.pop(i, None)
+        with torch.no_grad():
+            z = state[f"{prefix}maps.{i}"]
+            field.maps[i].copy_(z)
+            if not torch.allclose(field.values(i), saved, rtol=1e-4, atol=1e-5):
+                state[f"{prefix}maps.{i}"] = field.whiten(i, saved)
+
+
 def build_field(sections: list, datas: list, genes: list[str]) -> GeneField:
     """A gene field over training ``sections`` (AnnData) and their working ``datas``, each
     gene's prior fitted on each section by the Gaussian-process baseline's marginal likelihood."""
@@ -189,8 +251,10 @@ def build_field(sections: list, datas: list, genes: list[str]) -> GeneField:
     field = GeneField([d.name for d in datas], [d.shape for d in datas], [d.counts.shape[0] for d in datas], len(genes))
     for i, (section, d) in enumerate(zip(sections, datas, strict=True)):
         xy = spot_coords(section) * d.mpp
-        prior = fit_hyperparameters(xy, stacked_targets([section], genes))
+        eigs: dict = {}
+        prior = fit_hyperparameters(xy, stacked_targets([section], genes), eigs=eigs)
         field.set_prior(i, xy, prior["lengthscale"], np.sqrt(prior["signal"]))
+        field.seed_basis(i, eigs)
     return field
 
 
