@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import sparse
+from scipy.spatial.distance import cdist
 from torch import nn
 
 from stfusion.baselines.gp import fit_hyperparameters, sq_exp_kernel
@@ -168,24 +169,35 @@ class GeneField(nn.Module):
     @torch.no_grad()
     def area_offsets(self, i: int, centres_um: np.ndarray, genes: np.ndarray) -> np.ndarray:
         """Kriging mean of f at area centroids ``centres_um`` (areas x 2; NaN rows: 0) for
-        gene indices ``genes``: (areas x len(genes))."""
+        gene indices ``genes``: (areas x len(genes)). The weights K^-1 f are solved in float64;
+        the cross-kernel, from one table of squared distances per block of areas shared by all
+        length scales, is float32 (``benchmarks/xfuse/gene_field_scale.py`` compares it with
+        float64: differences below 1e-3 on log-rate offsets of order 1)."""
         genes = np.asarray(genes, dtype=np.int64)
         out = np.zeros((len(centres_um), len(genes)))
-        ok = np.isfinite(centres_um).all(axis=1)
+        ok = np.flatnonzero(np.isfinite(centres_um).all(axis=1))
         xy = getattr(self, f"coords_{i}").numpy()
+        weights = self._kriging_weights(i, genes)
+        if not weights or not len(ok):
+            return out
+        for rows in np.array_split(ok, max(1, len(ok) // AREA_CHUNK)):  # bounded memory
+            d2 = torch.from_numpy(cdist(centres_um[rows], xy, "sqeuclidean").astype(np.float32))
+            for cols, ls, alpha in weights:
+                out[np.ix_(rows, cols)] = (torch.exp(d2 * (-0.5 / ls**2)) @ alpha).numpy()
+        return out
+
+    def _kriging_weights(self, i: int, genes: np.ndarray) -> list[tuple[list[int], float, torch.Tensor]]:
+        """Per length scale: output columns, length scale and K^-1 f (spots x genes, float32)."""
         z = self.maps[i].detach().double().numpy()
         sd = getattr(self, f"sd_{i}").double().numpy()
-        pos = {g: k for k, g in enumerate(genes)}
+        pos = {g: k for k, g in enumerate(genes.tolist())}
+        weights = []
         for members, ls, u, root in self._basis(i):
             sel = [g for g in members.tolist() if g in pos]
-            if not sel or not ok.any():
-                continue
-            # K^-1 f = U diag(1 / sqrt(lambda)) sd z; mean at x = k(x, S) K^-1 f
-            alpha = u.double().numpy() @ (z[:, sel] / root.double().numpy()[:, None]) * sd[sel]
-            cols = [pos[g] for g in sel]
-            for rows in np.array_split(np.flatnonzero(ok), max(1, int(ok.sum()) // AREA_CHUNK)):  # bounded memory
-                out[np.ix_(rows, cols)] = sq_exp_kernel(centres_um[rows], xy, ls) @ alpha
-        return out
+            if sel:  # K^-1 f = U diag(1 / sqrt(lambda)) sd z; the mean at x is k(x, S) K^-1 f
+                alpha = u.double().numpy() @ (z[:, sel] / root.double().numpy()[:, None]) * sd[sel]
+                weights.append(([pos[g] for g in sel], ls, torch.from_numpy(alpha.astype(np.float32))))
+        return weights
 
     def refit(self, i: int, A: torch.Tensor, counts: torch.Tensor, expr, beta: torch.Tensor, iters: int = 200) -> None:
         """MAP of section ``i``'s field given the fitted rest of the model, full batch (L-BFGS):
