@@ -59,6 +59,13 @@ def holdout_fold(section: str = "MOB1", seed: int = 0, n_genes: int = 100) -> tu
     return train, fold.test, top_genes([train], n_genes)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MB (Linux ``ru_maxrss`` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def set_threads(n: int) -> None:
     import torch
 

@@ -27,7 +27,6 @@ Writes benchmarks/xfuse/gene_field_scale.md (appends one section per run) and pr
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -47,18 +46,15 @@ def visium_lattice(n: int, pitch_um: float = 100.0) -> np.ndarray:
     return np.column_stack([(j + 0.5 * (i % 2)) * pitch_um, i * pitch_um * np.sqrt(3) / 2])
 
 
-def rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
 def reference_kriging(field, centres: np.ndarray, genes: np.ndarray) -> np.ndarray:
     """The kriging means in float64, one kernel per length scale (the earlier implementation)."""
     from stfusion.baselines.gp import sq_exp_kernel
+    from stfusion.models.xfuse.gene_field import AREA_CHUNK
 
     out = np.zeros((len(centres), len(genes)))
     xy = field.coords_0.numpy()
     for cols, ls, alpha in field._kriging_weights(0, genes):
-        for rows in np.array_split(np.arange(len(centres)), max(1, len(centres) // 4096)):
+        for rows in np.array_split(np.arange(len(centres)), max(1, len(centres) // AREA_CHUNK)):
             out[np.ix_(rows, cols)] = sq_exp_kernel(centres[rows], xy, ls) @ alpha.numpy().astype(np.float64)
     return out
 
@@ -92,11 +88,11 @@ def main() -> None:
     ls = np.geomspace(50.0, float(np.ptp(xy, axis=0).max()), args.lengthscales)[np.arange(args.genes) % args.lengthscales]
     field = GeneField(["s"], [(10, 10)], [args.spots], args.genes)
     field.set_prior(0, xy, ls, np.full(args.genes, 0.5))
-    rss0 = rss_gb()
+    rss0 = M.peak_rss_mb() / 1024
     t0 = time.perf_counter()
     field._basis(0)
     basis_s = time.perf_counter() - t0
-    rss1 = rss_gb()
+    rss1 = M.peak_rss_mb() / 1024
     with torch.no_grad():
         field.maps[0].normal_(generator=torch.Generator().manual_seed(args.seed))
     obs = [rng.choice(args.spots, args.patch_spots, replace=False) for _ in range(2)]
@@ -127,7 +123,7 @@ def main() -> None:
         "step, batch rows only (s)": round(rows_s, 3), "step, all spots (s)": round(all_s, 3),
         f"kriging {args.areas:,} areas (s)": round(krig_s, 1), "the same, float64 per length scale (s)": round(ref_s, 1),
         "largest difference": float(f"{np.abs(krig - ref).max():.2g}"), "largest offset": round(float(np.abs(ref).max()), 2),
-        "peak RSS (GB)": round(rss_gb(), 2)}]), floatfmt="{:g}")
+        "peak RSS (GB)": round(M.peak_rss_mb() / 1024, 2)}]), floatfmt="{:g}")
     text = f"\n## {args.spots} spots, {args.genes} genes\n\n{table}\n\n{prov.markdown()}\n"
     if not args.out.exists():
         args.out.write_text("# XFuse gene field: cost at Visium size (`gene_field_scale.py`)\n")

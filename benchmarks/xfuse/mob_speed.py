@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -41,10 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _mob as M  # noqa: E402
 
 DEFAULT_MODEL = M.REPO / "benchmarks" / "runs" / "xfuse_mob_speed" / "model"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def fit(args: argparse.Namespace) -> dict:
@@ -59,7 +54,7 @@ def fit(args: argparse.Namespace) -> dict:
     model.fit([section], genes=genes)
     fit_s = time.perf_counter() - t0
     load1 = M._load()
-    rss = peak_rss_mb()
+    rss = M.peak_rss_mb()
     save_model(model, args.model)
     df = M.history_frame(model.history_)
     mark = M.plateau(df, window=args.window, tol=args.tol, relative_to="rise")
@@ -87,7 +82,7 @@ def grid(args: argparse.Namespace) -> dict:
     grid_s = time.perf_counter() - t0
     return {"stage": "grid", "section": args.section, "genes": out.n_vars, "grid_um": args.grid_um,
             "cells": out.n_obs, "samples": args.samples, "grid_seconds": round(grid_s, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "load_start": load0, "load_end": M._load()}
+            "peak_rss_mb": round(M.peak_rss_mb(), 1), "load_start": load0, "load_end": M._load()}
 
 
 def run_grid_subprocess(args: argparse.Namespace) -> dict:

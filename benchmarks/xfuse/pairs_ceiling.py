@@ -98,11 +98,12 @@ def gp_deconvolution(d: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def neighbour_shares(d: dict, radius_factor: float = 1.25) -> np.ndarray:
     """Per spot, each gene's share of the total in the spot's neighbours (own pair excluded)."""
+    from stfusion.data.scale import grid_spacing_px
+
     xy, ia, ib = d["xy"], d["ia"], d["ib"]
     partner = np.full(len(xy), -1)
     partner[ia], partner[ib] = ib, ia
-    spacing = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
-    near = cKDTree(xy).query_ball_point(xy, radius_factor * spacing)
+    near = cKDTree(xy).query_ball_point(xy, radius_factor * grid_spacing_px(xy))  # the pairing's radius
     shares = np.empty_like(d["counts"])
     for i, js in enumerate(near):
         js = [j for j in js if j not in (i, partner[i])] or [i]
@@ -152,16 +153,17 @@ def section_rows(name: str, cases_dir: Path | None) -> list[dict]:
                  **score(norm.cdf(mean / sd), ta, tb)})
     found = sorted(cases_dir.rglob(f"mob_pairs_cases_{name}.npz")) if cases_dir is not None else []
     if found:
-        rows += xfuse_rows(name, np.load(found[0]), ta, tb)
+        rows += xfuse_rows(name, np.load(found[0]), ta, tb, measured)
     return rows
 
 
-def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray) -> list[dict]:
+def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray, measured: np.ndarray) -> list[dict]:
+    """XFuse's calls from a case file, all and by posterior probability; ``measured``: the
+    measured log ratio of the members' summed top-gene counts, per pair."""
     if not (np.array_equal(z["truth_a"], ta) and np.array_equal(z["truth_b"], tb)):
         raise SystemExit(f"{name}: the XFuse case file holds other pairs or genes than this script's.")
     p = z["p_a_higher"]
     split = np.log(z["mean_a"].sum(1) / z["mean_b"].sum(1))  # predicted split of the pair's top-gene counts
-    measured = np.log(ta.sum(1) / tb.sum(1))
     rows = [{"section": name, "method": "XFuse (mob_pairs.py)", **score(p, ta, tb),
              "split_r": float(np.corrcoef(split, measured)[0, 1]), "split_sd": float(split.std()),
              "measured_split_sd": float(measured.std())}]

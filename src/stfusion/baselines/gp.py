@@ -124,7 +124,8 @@ def fit_hyperparameters(xy: np.ndarray, y: np.ndarray, n_lengthscales: int = 16,
             best[key][better] = val[better]
         if eigs is not None:
             eigs[float(ls)] = (lam, u.astype(np.float32))
-            for unused in [k for k in eigs if k not in set(best["lengthscale"].tolist())]:
+            chosen = set(best["lengthscale"].tolist())
+            for unused in [k for k in eigs if k not in chosen]:
                 del eigs[unused]  # no gene chose it (so far): free its matrix
     return {"mean": mean, "lengthscale": best["lengthscale"], "signal": best["signal"] * sd**2,
             "noise": best["noise"] * sd**2, "nlml": best["nlml"]}
