@@ -11,10 +11,13 @@ this machine, side by side in one run:
   ``--patch-spots`` spots each, computing the values at the batch's spots only (what
   ``GeneField.training_offsets`` does) and, for comparison, at every spot of the section
   (what it did before);
-- kriging means for ``--areas`` areas (a 10 µm grid over a Visium capture area is ~400,000),
-  as ``GeneField.area_offsets`` computes them (float32 cross-kernels from one distance table)
-  and, for comparison, in float64 with one distance table per length scale (as before), with
-  the largest difference between the two.
+- kriging means for ``--areas`` areas at random positions, as ``GeneField.area_offsets``
+  computes them (:mod:`stfusion.models.xfuse.kriging`: float32 kernels truncated at 7 length
+  scales, long length scales interpolated from nodes when there are many areas) and, for
+  comparison, as a plain float64 sum over every spot, one kernel per length scale (the
+  implementation before kriging.py), with the largest difference between the two;
+- the same for every cell of a ``--grid-um`` grid over the spots (~340,000 cells of 10 µm
+  at Visium size), compared with the float64 sum on ``--grid-check`` random cells.
 
 and the resident memory after the bases are built. Run (repository root)::
 
@@ -49,14 +52,20 @@ def visium_lattice(n: int, pitch_um: float = 100.0) -> np.ndarray:
 def reference_kriging(field, centres: np.ndarray, genes: np.ndarray) -> np.ndarray:
     """The kriging means in float64, one kernel per length scale (the earlier implementation)."""
     from stfusion.baselines.gp import sq_exp_kernel
-    from stfusion.models.xfuse.gene_field import AREA_CHUNK
 
     out = np.zeros((len(centres), len(genes)))
     xy = field.coords_0.numpy()
     for cols, ls, alpha in field._kriging_weights(0, genes):
-        for rows in np.array_split(np.arange(len(centres)), max(1, len(centres) // AREA_CHUNK)):
+        for rows in np.array_split(np.arange(len(centres)), max(1, len(centres) // 4096)):
             out[np.ix_(rows, cols)] = sq_exp_kernel(centres[rows], xy, ls) @ alpha.numpy().astype(np.float64)
     return out
+
+
+def grid_cells(xy: np.ndarray, pitch_um: float) -> np.ndarray:
+    """Centres of a square grid of ``pitch_um`` over the bounding box of ``xy``."""
+    lo, hi = xy.min(0), xy.max(0)
+    gx, gy = np.meshgrid(np.arange(lo[0], hi[0], pitch_um) + pitch_um / 2, np.arange(lo[1], hi[1], pitch_um) + pitch_um / 2)
+    return np.column_stack([gx.ravel(), gy.ravel()])
 
 
 def timed(fn, repeats: int = 3) -> float:
@@ -77,6 +86,8 @@ def main() -> None:
     ap.add_argument("--lengthscales", type=int, default=16)
     ap.add_argument("--patch-spots", type=int, default=150)
     ap.add_argument("--areas", type=int, default=50_000)
+    ap.add_argument("--grid-um", type=float, default=10.0, help="also krige a grid of this pitch over the spots")
+    ap.add_argument("--grid-check", type=int, default=5000, help="grid cells compared with the float64 reference")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=M.HERE / "gene_field_scale.md")
@@ -115,6 +126,12 @@ def main() -> None:
     t0 = time.perf_counter()
     ref = reference_kriging(field, centres, genes)
     ref_s = time.perf_counter() - t0
+    grid = grid_cells(xy, args.grid_um)
+    t0 = time.perf_counter()
+    grid_krig = field.area_offsets(0, grid, genes)
+    grid_s = time.perf_counter() - t0
+    check = rng.choice(len(grid), min(args.grid_check, len(grid)), replace=False)
+    grid_diff = np.abs(grid_krig[check] - reference_kriging(field, grid[check], genes)).max()
     prov.stop()
     table = M.md_table(pd.DataFrame([{
         "spots": args.spots, "genes": args.genes, "distinct length scales": args.lengthscales,
@@ -123,6 +140,8 @@ def main() -> None:
         "step, batch rows only (s)": round(rows_s, 3), "step, all spots (s)": round(all_s, 3),
         f"kriging {args.areas:,} areas (s)": round(krig_s, 1), "the same, float64 per length scale (s)": round(ref_s, 1),
         "largest difference": float(f"{np.abs(krig - ref).max():.2g}"), "largest offset": round(float(np.abs(ref).max()), 2),
+        f"kriging a {args.grid_um:g} µm grid (s)": round(grid_s, 1), "grid cells": len(grid),
+        f"largest difference, {len(check):,} grid cells": float(f"{grid_diff:.2g}"),
         "peak RSS (GB)": round(M.peak_rss_mb() / 1024, 2)}]), floatfmt="{:g}")
     text = f"\n## {args.spots} spots, {args.genes} genes\n\n{table}\n\n{prov.markdown()}\n"
     if not args.out.exists():

@@ -50,7 +50,8 @@ def run_section(name: str, args: argparse.Namespace, out: Path) -> dict:
     merged, table = merge_neighbour_pairs(section, seed=args.seed)
     genes = M.top_genes([merged], args.genes)
     params = {**({"steps": args.steps} if args.steps else {}), **json.loads(args.params)}
-    model = XFuse(preset="fast", seed=args.seed, progress=False, **params)
+    model_seed = args.seed if args.model_seed is None else args.model_seed
+    model = XFuse(preset="fast", seed=model_seed, progress=False, **params)
     t0 = time.perf_counter()
     model.fit([merged], genes=genes)
     fit_s = time.perf_counter() - t0
@@ -122,7 +123,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--steps", type=int, default=None, help="override the fast preset's steps (smoke tests)")
     ap.add_argument("--params", default="{}", help='XFuse hyperparameters over the fast preset, JSON (e.g. \'{"expr_lr": 0.03}\')')
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the pairing and (unless --model-seed) of the model")
+    ap.add_argument("--model-seed", type=int, default=None,
+                    help="XFuse's seed alone, keeping the pairs of --seed (fits to pool in pairs_ceiling.py)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=M.HERE)
     ap.add_argument("--save-cases", action="store_true",
@@ -132,6 +135,7 @@ def main() -> None:
     M.set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     prov = M.Provenance(args.seed, args.threads, preset="fast", steps=args.steps or "preset (2000)", params=args.params,
+                        model_seed=args.seed if args.model_seed is None else args.model_seed,
                         credibility=CREDIBILITY, pairing="stfusion.benchmark.pairs.merge_neighbour_pairs(seed)")
     rows = []
     for name in args.sections:  # the tables are rewritten after each section

@@ -13,18 +13,28 @@ members differ in measured counts:
   excluded): measured totals plus the local expression profile.
 - **image colour split** (no counts at all): the member whose disc has the larger mean blue
   share of its pixels (B / (R + G + B), haematoxylin-stained nuclei) is called higher for
-  every gene; also on the 10% of pairs where the two discs differ most.
+  every gene; also on the 10% of pairs where the two discs differ most. Two more image cues, at
+  XFuse's working resolution (10 µm/px): the member whose disc is darker (mean 255 - grey),
+  and the member with more of its disc inside XFuse's tissue mask (pairs with equal coverage
+  not called).
 - **Gaussian-process deconvolution**: a per-gene GP over member positions observed only as pair
   sums (counts; squared-exponential kernel, hyperparameters of the GP baseline fitted on the pair
   midpoints to half the pair sums); the exact Gaussian posterior of the member difference,
   called at 95% like XFuse.
-- **XFuse**: per-case files of ``mob_pairs.py --save-cases`` found under ``--cases``, with its
-  calls split by posterior probability.
+- **XFuse**: per-case files of ``mob_pairs.py --save-cases`` found under ``--cases`` (folder
+  ``<section>``), with its calls split by posterior probability; where fits of the same pairs
+  with other model seeds are there too (folders ``<section>_model_seed_<k>``), also their mean
+  score, their posteriors pooled as an equal-weight mixture (a deep ensemble: the spread
+  between fits stands for the uncertainty of the network weights, which each fit's posterior
+  leaves out), and the cases that every fit calls the same way.
 
 Run (repository root, seconds; the XFuse case files come from ``mob_pairs.py``)::
 
     nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB1 --save-cases --out benchmarks/xfuse/pairs_cases/MOB1
     nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB2 --save-cases --out benchmarks/xfuse/pairs_cases/MOB2
+    for s in MOB1 MOB2; do    # another fit of the same pairs (any number of model seeds can be pooled)
+      nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections $s --model-seed 1 --save-cases --out benchmarks/xfuse/pairs_cases/${s}_model_seed_1
+    done
     .venv/bin/python benchmarks/xfuse/pairs_ceiling.py --cases benchmarks/xfuse/pairs_cases
 
 Writes benchmarks/xfuse/pairs_ceiling.{md,json,csv}.
@@ -60,7 +70,27 @@ def pair_data(name: str) -> dict:
     ib = section.obs_names.get_indexer(table["member_b"])
     counts = M.dense(section[:, genes].X)
     return {"xy": np.asarray(section.obsm[K.SPATIAL], float) * microns_per_pixel(section), "ia": ia, "ib": ib,
-            "totals": M.dense(section.X).sum(1), "counts": counts, "genes": genes, "blue": blue_share(section)}
+            "totals": M.dense(section.X).sum(1), "counts": counts, "genes": genes, "blue": blue_share(section),
+            **disc_image_cues(section)}
+
+
+def disc_image_cues(section, resolution_um: float = 10.0) -> dict[str, np.ndarray]:
+    """Per spot, from XFuse's working image at the ``fast`` preset's 10 µm/px: ``coverage``, the
+    share of its disc's pixels that XFuse's tissue mask calls tissue, and ``darkness``, the
+    disc's mean of 255 - grey."""
+    from stfusion import _constants as K
+    from stfusion.data.patches import section_reader
+    from stfusion.data.section import fullres_shape, microns_per_pixel, spot_diameter_px
+    from stfusion.models.xfuse.data import read_working_image, tissue_mask
+
+    f = microns_per_pixel(section) / resolution_um
+    with section_reader(section) as reader:
+        image = read_working_image(reader, fullres_shape(section), microns_per_pixel(section), resolution_um)
+    mask, dark = tissue_mask(image), 255.0 - image.astype(float).mean(axis=2)
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]] + 0.5
+    r2 = (spot_diameter_px(section) / 2 * f) ** 2
+    discs = [(xx - x) ** 2 + (yy - y) ** 2 <= r2 for x, y in np.asarray(section.obsm[K.SPATIAL], float) * f]
+    return {"coverage": np.array([mask[d].mean() for d in discs]), "darkness": np.array([dark[d].mean() for d in discs])}
 
 
 def blue_share(section, px: int = 32) -> np.ndarray:
@@ -144,6 +174,14 @@ def section_rows(name: str, cases_dir: Path | None) -> list[dict]:
     measured = np.log(ta.sum(1) / tb.sum(1))  # measured split of the pair's top-gene counts
     rows.append({"section": name, "method": "image colour split (blue share of the disc)",
                  **score(np.where(colour > 0, 1.0, 0.0), ta, tb), "split_r": float(np.corrcoef(colour[:, 0], measured)[0, 1])})
+    cover = np.log((d["coverage"][ia] + 0.01) / (d["coverage"][ib] + 0.01))
+    rows.append({"section": name, "method": "tissue-mask coverage split (member with more of its disc on tissue)",
+                 **score(np.where(cover[:, None] > 0, 1.0, np.where(cover[:, None] < 0, 0.0, 0.5)) * np.ones_like(ta), ta, tb),
+                 "split_r": float(np.corrcoef(cover, measured)[0, 1])})
+    dark = np.log(d["darkness"][ia] / d["darkness"][ib])
+    rows.append({"section": name, "method": "image darkness split (member with the darker disc higher)",
+                 **score(np.where(dark[:, None] > 0, 1.0, 0.0) * np.ones_like(ta), ta, tb),
+                 "split_r": float(np.corrcoef(dark, measured)[0, 1])})
     top = np.abs(colour) >= np.quantile(np.abs(colour[:, 0]), 0.9)
     rows.append({"section": name, "method": "image colour split, 10% of pairs with the largest difference",
                  **score(np.where(colour[top] > 0, 1.0, 0.0), ta[top], tb[top]),
@@ -152,21 +190,54 @@ def section_rows(name: str, cases_dir: Path | None) -> list[dict]:
     rows.append({"section": name, "method": "Gaussian-process deconvolution of pair sums",
                  **score(norm.cdf(mean / sd), ta, tb)})
     found = sorted(cases_dir.rglob(f"mob_pairs_cases_{name}.npz")) if cases_dir is not None else []
-    if found:
-        rows += xfuse_rows(name, np.load(found[0]), ta, tb, measured)
+    cues = {"measured": measured, "colour": colour[:, 0], "coverage": cover, "darkness": dark}
+    fits = [np.load(f) for f in found if f.parent.name == name or f.parent.name.startswith(f"{name}_model_seed_")]
+    if fits:
+        rows += xfuse_rows(name, fits[0], ta, tb, cues)
+    if len(fits) > 1:
+        rows += pooled_rows(name, fits, ta, tb)
+    for f in found:  # other settings: folders <section>_<variant>
+        variant = f.parent.name.removeprefix(f"{name}_")
+        if f.parent.name.startswith(f"{name}_") and not variant.startswith("model_seed_"):
+            rows += xfuse_rows(name, np.load(f), ta, tb, cues, label=f"XFuse, {variant.replace('_', ' ')}", by_probability=False)
     return rows
 
 
-def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray, measured: np.ndarray) -> list[dict]:
-    """XFuse's calls from a case file, all and by posterior probability; ``measured``: the
-    measured log ratio of the members' summed top-gene counts, per pair."""
+def pooled_rows(name: str, fits: list, ta: np.ndarray, tb: np.ndarray) -> list[dict]:
+    """XFuse fits of the same pairs with different model seeds: each alone, their posteriors
+    pooled as an equal-weight mixture, and the cases every fit calls the same way."""
+    p = np.stack([z["p_a_higher"] for z in fits])
+    alone = [score(q, ta, tb) for q in p]
+    rows = [{"section": name, "method": f"XFuse, each of {len(fits)} fits (model seeds), mean",
+             **{k: (round if k in ("cases", "called") else float)(np.mean([a[k] for a in alone])) for k in alone[0]}}]
+    splits = np.stack([np.log(z["mean_a"].sum(1) / z["mean_b"].sum(1)) for z in fits])
+    r = np.corrcoef(splits)[np.triu_indices(len(fits), 1)]
+    rows[0]["split_r_between_fits"] = float(r.mean())  # how much the fits agree on each pair's split
+    rows.append({"section": name, "method": f"XFuse, {len(fits)} fits pooled (mixture of their posteriors)",
+                 **score(p.mean(0), ta, tb)})
+    up, down = (p >= CREDIBILITY).all(0), (p <= 1 - CREDIBILITY).all(0)
+    rows.append({"section": name, "method": f"XFuse, cases all {len(fits)} fits call the same way",
+                 **score(np.where(up, 1.0, np.where(down, 0.0, 0.5)), ta, tb)})
+    return rows
+
+
+def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray, cues: dict, label: str = "XFuse (mob_pairs.py)",
+               by_probability: bool = True) -> list[dict]:
+    """XFuse's calls from a case file, all and (``by_probability``) by posterior probability.
+    ``cues``: per pair, the measured log ratio of the members' summed top-gene counts and the
+    log ratios of their blue shares, tissue coverages and darkness, which the predicted split is set against."""
     if not (np.array_equal(z["truth_a"], ta) and np.array_equal(z["truth_b"], tb)):
         raise SystemExit(f"{name}: the XFuse case file holds other pairs or genes than this script's.")
     p = z["p_a_higher"]
     split = np.log(z["mean_a"].sum(1) / z["mean_b"].sum(1))  # predicted split of the pair's top-gene counts
-    rows = [{"section": name, "method": "XFuse (mob_pairs.py)", **score(p, ta, tb),
-             "split_r": float(np.corrcoef(split, measured)[0, 1]), "split_sd": float(split.std()),
-             "measured_split_sd": float(measured.std())}]
+    rows = [{"section": name, "method": label, **score(p, ta, tb),
+             "split_r": float(np.corrcoef(split, cues["measured"])[0, 1]), "split_sd": float(split.std()),
+             "measured_split_sd": float(cues["measured"].std()),
+             "split_r_colour": float(np.corrcoef(split, cues["colour"])[0, 1]),
+             "split_r_coverage": float(np.corrcoef(split, cues["coverage"])[0, 1]),
+             "split_r_darkness": float(np.corrcoef(split, cues["darkness"])[0, 1])}]
+    if not by_probability:
+        return rows
     conf = np.maximum(p, 1 - p)
     for lo, hi in ((0.95, 0.99), (0.99, 1.0), (1.0, 1.01)):
         m = (conf >= lo) & (conf < hi)
@@ -195,7 +266,11 @@ called cases where the measured counts agree (target >= 0.90); **sign_correct_al
 the same for the sign of the prediction over every case. **split_r**: Pearson r over pairs of
 the predicted log ratio of the members' summed top-100 counts (the colour split: of their blue
 shares) against the measured one; **split_sd** / **measured_split_sd**: the spread of the
-predicted and measured log ratios.
+predicted and measured log ratios; **split_r_colour** / **split_r_coverage** /
+**split_r_darkness**: Pearson r of XFuse's predicted log ratio with the members' log ratio of
+blue shares / of tissue-mask coverage of their discs (the mask XFuse trains its zero-count
+background on) / of their mean darkness (255 - grey) at XFuse's 10 µm/px. **split_r_between_fits**:
+the mean Pearson r of the predicted log ratios between fits with different model seeds.
 
 {M.md_table(df.astype(object).where(df.notna(), ""))}
 """

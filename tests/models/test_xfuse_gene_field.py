@@ -132,6 +132,9 @@ def test_gene_field_learns_a_pattern_the_image_does_not_show(position_section, t
     fused = XFuse(gene_field=True, **params).fit([position_section])
     r_plain, r_fused = _right_score(plain, position_section), _right_score(fused, position_section)
     assert r_fused > 0.8 and r_fused > r_plain + 0.3, (r_plain, r_fused)
+    grid = fused.predict_grid(position_section, grid_um=12.0, genes=["right"])  # kriged field on grid cells
+    gx, mid = grid.obsm[K.SPATIAL][:, 0], np.median(position_section.obsm[K.SPATIAL][:, 0])
+    assert grid.X[gx > mid + 50, 0].mean() > grid.X[gx < mid - 50, 0].mean() + 0.4
     fused.save(tmp_path / "m")
     back = XFuse.load(tmp_path / "m")
     assert back.card()["gene_field"]["n_obs"] == [position_section.n_obs]

@@ -30,7 +30,8 @@ included) gets no field (f = 0).
 Cost: one eigendecomposition of a spots x spots kernel per distinct length scale (at most
 16) and section, the prior fit's own (reused, not computed again), kept in float32 (16 x 64
 MB for a Visium section of 4,000 spots), and per step a (spots in the batch) x spots x genes
-product; ``benchmarks/xfuse/gene_field_scale.py`` times it at Visium size.
+product; kriging means by :mod:`.kriging` (truncated kernels, long length scales
+interpolated); ``benchmarks/xfuse/gene_field_scale.py`` times it at Visium size.
 """
 
 from __future__ import annotations
@@ -38,14 +39,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.spatial.distance import cdist
 from torch import nn
 
 from stfusion.baselines.gp import fit_hyperparameters, sq_exp_kernel
 from stfusion.models.xfuse.field import section_index
+from stfusion.models.xfuse.kriging import kriging_mean
 
 NUGGET = 1e-2  # independent share of the unit-amplitude kernel (keeps it well conditioned)
-AREA_CHUNK = 4096  # areas per kernel block in kriging
 
 
 def area_centres_um(W: sparse.spmatrix, width: int, fx: float, fy: float, mpp: float) -> np.ndarray:
@@ -169,22 +169,16 @@ class GeneField(nn.Module):
     @torch.no_grad()
     def area_offsets(self, i: int, centres_um: np.ndarray, genes: np.ndarray) -> np.ndarray:
         """Kriging mean of f at area centroids ``centres_um`` (areas x 2; NaN rows: 0) for
-        gene indices ``genes``: (areas x len(genes)). The weights K^-1 f are solved in float64;
-        the cross-kernel, from one table of squared distances per block of areas shared by all
-        length scales, is float32 (``benchmarks/xfuse/gene_field_scale.py`` compares it with
-        float64: differences below 1e-3 on log-rate offsets of order 1)."""
+        gene indices ``genes``: (areas x len(genes)) float32. The weights K^-1 f are solved in
+        float64; the means are computed by :func:`stfusion.models.xfuse.kriging.kriging_mean`
+        (float32 kernels, truncated at 7 length scales, long length scales interpolated from a
+        grid of nodes when there are many areas; ``benchmarks/xfuse/gene_field_scale.py``
+        compares it with the direct float64 sum: differences below 1e-3 on log-rate offsets of
+        order 1)."""
         genes = np.asarray(genes, dtype=np.int64)
-        out = np.zeros((len(centres_um), len(genes)))
-        ok = np.flatnonzero(np.isfinite(centres_um).all(axis=1))
-        xy = getattr(self, f"coords_{i}").numpy()
         weights = self._kriging_weights(i, genes)
-        if not weights or not len(ok):
-            return out
-        for rows in np.array_split(ok, max(1, len(ok) // AREA_CHUNK)):  # bounded memory
-            d2 = torch.from_numpy(cdist(centres_um[rows], xy, "sqeuclidean").astype(np.float32))
-            for cols, ls, alpha in weights:
-                out[np.ix_(rows, cols)] = (torch.exp(d2 * (-0.5 / ls**2)) @ alpha).numpy()
-        return out
+        spots = getattr(self, f"coords_{i}").numpy().astype(np.float64)
+        return kriging_mean(np.asarray(centres_um, dtype=np.float64), spots, weights, len(genes))
 
     def _kriging_weights(self, i: int, genes: np.ndarray) -> list[tuple[list[int], float, torch.Tensor]]:
         """Per length scale: output columns, length scale and K^-1 f (spots x genes, float32)."""

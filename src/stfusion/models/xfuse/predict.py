@@ -180,7 +180,7 @@ def draw_areas(net: XFuseNet, expr: ExpressionModel, data: SectionData, W: spars
     i = None if gf is None else gf.index(data.name, data.shape)
     if i is not None:  # a section the gene field was trained on: kriging means at the area centroids
         centres = area_centres_um(W, w, data.fx, data.fy, data.mpp)
-        draws.field_offsets = gf.area_offsets(i, centres, np.arange(gf.n_genes)).astype(np.float32)
+        draws.field_offsets = gf.area_offsets(i, centres, np.arange(gf.n_genes))  # float32
     return draws
 
 
