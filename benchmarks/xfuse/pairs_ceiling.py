@@ -32,9 +32,9 @@ Run (repository root, seconds; the XFuse case files come from ``mob_pairs.py``):
 
     nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB1 --save-cases --out benchmarks/xfuse/pairs_cases/MOB1
     nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB2 --save-cases --out benchmarks/xfuse/pairs_cases/MOB2
-    for s in MOB1 MOB2; do    # another fit of the same pairs (any number of model seeds can be pooled)
-      nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections $s --model-seed 1 --save-cases --out benchmarks/xfuse/pairs_cases/${s}_model_seed_1
-    done
+    for s in MOB1 MOB2; do for k in 1 2; do    # more fits of the same pairs (any number can be pooled)
+      nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections $s --model-seed $k --save-cases --out benchmarks/xfuse/pairs_cases/${s}_model_seed_$k
+    done; done
     .venv/bin/python benchmarks/xfuse/pairs_ceiling.py --cases benchmarks/xfuse/pairs_cases
 
 Writes benchmarks/xfuse/pairs_ceiling.{md,json,csv}.
