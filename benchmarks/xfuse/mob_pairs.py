@@ -50,8 +50,7 @@ def run_section(name: str, args: argparse.Namespace, out: Path) -> dict:
     merged, table = merge_neighbour_pairs(section, seed=args.seed)
     genes = M.top_genes([merged], args.genes)
     params = {**({"steps": args.steps} if args.steps else {}), **json.loads(args.params)}
-    model_seed = args.seed if args.model_seed is None else args.model_seed
-    model = XFuse(preset="fast", seed=model_seed, progress=False, **params)
+    model = XFuse(preset="fast", seed=args.model_seed, progress=False, **params)
     t0 = time.perf_counter()
     model.fit([merged], genes=genes)
     fit_s = time.perf_counter() - t0
@@ -131,11 +130,12 @@ def main() -> None:
     ap.add_argument("--save-cases", action="store_true",
                     help="also write mob_pairs_cases_<section>.npz (posterior P(a > b), means, measured counts)")
     args = ap.parse_args()
+    args.model_seed = args.seed if args.model_seed is None else args.model_seed
     logging.basicConfig(level=logging.WARNING)
     M.set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     prov = M.Provenance(args.seed, args.threads, preset="fast", steps=args.steps or "preset (2000)", params=args.params,
-                        model_seed=args.seed if args.model_seed is None else args.model_seed,
+                        model_seed=args.model_seed,
                         credibility=CREDIBILITY, pairing="stfusion.benchmark.pairs.merge_neighbour_pairs(seed)")
     rows = []
     for name in args.sections:  # the tables are rewritten after each section

@@ -75,22 +75,17 @@ def pair_data(name: str) -> dict:
 
 
 def disc_image_cues(section, resolution_um: float = 10.0) -> dict[str, np.ndarray]:
-    """Per spot, from XFuse's working image at the ``fast`` preset's 10 µm/px: ``coverage``, the
-    share of its disc's pixels that XFuse's tissue mask calls tissue, and ``darkness``, the
-    disc's mean of 255 - grey."""
-    from stfusion import _constants as K
-    from stfusion.data.patches import section_reader
-    from stfusion.data.section import fullres_shape, microns_per_pixel, spot_diameter_px
-    from stfusion.models.xfuse.data import read_working_image, tissue_mask
+    """Per spot, from the section as XFuse prepares it at the ``fast`` preset's 10 µm/px
+    (working image, tissue mask and spot discs of :mod:`stfusion.models.xfuse.data`):
+    ``coverage``, the share of its disc's pixels that the mask calls tissue, and ``darkness``,
+    the disc's mean of 255 - grey."""
+    from stfusion.models.xfuse import data as D
 
-    f = microns_per_pixel(section) / resolution_um
-    with section_reader(section) as reader:
-        image = read_working_image(reader, fullres_shape(section), microns_per_pixel(section), resolution_um)
-    mask, dark = tissue_mask(image), 255.0 - image.astype(float).mean(axis=2)
-    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]] + 0.5
-    r2 = (spot_diameter_px(section) / 2 * f) ** 2
-    discs = [(xx - x) ** 2 + (yy - y) ** 2 <= r2 for x, y in np.asarray(section.obsm[K.SPATIAL], float) * f]
-    return {"coverage": np.array([mask[d].mean() for d in discs]), "darkness": np.array([dark[d].mean() for d in discs])}
+    data = D.prepare_section(section, resolution_um, np.zeros(0))
+    W = D.area_weights(D.area_spec(section), data.fx, data.fy, data.shape)
+    size = np.asarray(W.sum(axis=1)).ravel()
+    dark = 255.0 - data.image.astype(float).mean(axis=2)
+    return {"coverage": W @ data.tissue.ravel().astype(float) / size, "darkness": W @ dark.ravel() / size}
 
 
 def blue_share(section, px: int = 32) -> np.ndarray:
@@ -210,7 +205,7 @@ def pooled_rows(name: str, fits: list, ta: np.ndarray, tb: np.ndarray) -> list[d
     alone = [score(q, ta, tb) for q in p]
     rows = [{"section": name, "method": f"XFuse, each of {len(fits)} fits (model seeds), mean",
              **{k: (round if k in ("cases", "called") else float)(np.mean([a[k] for a in alone])) for k in alone[0]}}]
-    splits = np.stack([np.log(z["mean_a"].sum(1) / z["mean_b"].sum(1)) for z in fits])
+    splits = np.stack([predicted_split(z) for z in fits])
     r = np.corrcoef(splits)[np.triu_indices(len(fits), 1)]
     rows[0]["split_r_between_fits"] = float(r.mean())  # how much the fits agree on each pair's split
     rows.append({"section": name, "method": f"XFuse, {len(fits)} fits pooled (mixture of their posteriors)",
@@ -221,6 +216,11 @@ def pooled_rows(name: str, fits: list, ta: np.ndarray, tb: np.ndarray) -> list[d
     return rows
 
 
+def predicted_split(z) -> np.ndarray:
+    """Per pair, the log ratio of the members' summed top-gene expected counts in a case file."""
+    return np.log(z["mean_a"].sum(1) / z["mean_b"].sum(1))
+
+
 def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray, cues: dict, label: str = "XFuse (mob_pairs.py)",
                by_probability: bool = True) -> list[dict]:
     """XFuse's calls from a case file, all and (``by_probability``) by posterior probability.
@@ -229,7 +229,7 @@ def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray, cues: dict, label: 
     if not (np.array_equal(z["truth_a"], ta) and np.array_equal(z["truth_b"], tb)):
         raise SystemExit(f"{name}: the XFuse case file holds other pairs or genes than this script's.")
     p = z["p_a_higher"]
-    split = np.log(z["mean_a"].sum(1) / z["mean_b"].sum(1))  # predicted split of the pair's top-gene counts
+    split = predicted_split(z)
     rows = [{"section": name, "method": label, **score(p, ta, tb),
              "split_r": float(np.corrcoef(split, cues["measured"])[0, 1]), "split_sd": float(split.std()),
              "measured_split_sd": float(cues["measured"].std()),

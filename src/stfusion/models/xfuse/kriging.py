@@ -46,15 +46,15 @@ def kriging_mean(points: np.ndarray, spots: np.ndarray, weights: Weights, n_cols
     ok = np.flatnonzero(np.isfinite(points).all(axis=1))
     if not len(ok) or not weights:
         return out
-    direct = []
+    finite, direct = points[ok], []
     for cols, ls, alpha in weights:
-        nodes = _node_grid(points[ok], ls)
+        nodes = _node_grid(finite, ls)
         if nodes is None:
             direct.append((cols, ls, alpha))
         else:
-            _interpolated(points[ok], spots, ls, alpha, nodes, out, ok, cols)
+            _interpolated(finite, spots, ls, alpha, nodes, out, ok, cols)
     if direct:
-        _direct(points[ok], spots, direct, out, ok)
+        _direct(finite, spots, direct, out, ok)
     return out
 
 
