@@ -252,6 +252,9 @@ def fit_cmd(
     preset: Annotated[Optional[str], typer.Option(help="Named set of hyperparameters, e.g. fast.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    resolution_um: Annotated[
+        Optional[float], typer.Option("--resolution-um", help="Working resolution in µm per pixel (XFuse; default: the preset's).")
+    ] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="Hyperparameter key=value (repeatable).")] = [],  # noqa: B006
     covariate: Annotated[
         list[str], typer.Option("--covariate", help="NAME=V1,V2,... one value per section, in order (repeatable; XFuse).")
@@ -267,7 +270,7 @@ def fit_cmd(
     from stfusion.models.api import fit, save_model
 
     params = _parse_params(param)
-    for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed)):
+    for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed), ("resolution_um", resolution_um)):
         if value is not None:
             params[key] = value
     data = [read_h5ad(p) for p in sections]

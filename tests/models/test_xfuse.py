@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -180,6 +182,14 @@ def test_memory_does_not_grow_with_genes_times_pixels(synthetic) -> None:
     assert peaks[2000] - peaks[50] < 0.1 * 64 * 64 * extra_genes * 4, peaks
 
 
+def test_without_a_bar_training_logs_its_progress(synthetic, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="stfusion"):
+        XFuse(**TINY).fit([synthetic])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("XFuse step")]
+    assert [line.split(" (")[0] for line in lines] == ["XFuse step 1/2", "XFuse step 2/2"]
+    assert "ELBO/px" in lines[-1] and "metagenes 1" in lines[-1]
+
+
 def test_round_spots_and_merged_pairs(tmp_path) -> None:
     section = make_synthetic_section(tmp_path, seed=2, size_px=192, grid=(6, 6), spot_shape="round", n_shapes=16)
     merged, table = merge_neighbour_pairs(section, seed=0)
@@ -220,9 +230,11 @@ def test_covariates_and_cli(synthetic, tmp_path) -> None:
     path = tmp_path / "s.h5ad"
     write_h5ad(synthetic, path)
     model_dir, out = tmp_path / "model", tmp_path / "pred.h5ad"
-    params = [arg for k, v in TINY.items() if k not in ("progress",) for arg in ("-p", f"{k}={v}")]
-    assert main(["fit", "xfuse", str(path), str(path), "--out", str(model_dir), "--covariate", "batch=a,b", *params]) == 0
+    params = [arg for k, v in TINY.items() if k not in ("progress", "resolution_um") for arg in ("-p", f"{k}={v}")]
+    assert main(["fit", "xfuse", str(path), str(path), "--out", str(model_dir), "--covariate", "batch=a,b",
+                 "--resolution-um", str(TINY["resolution_um"]), *params]) == 0
     model = XFuse.load(model_dir)
+    assert model.hyperparams["resolution_um"] == TINY["resolution_um"]
     assert model.state_["effects"] == [["batch", "a"], ["batch", "b"]] and model.expr_.E_mu.shape == (2, 3)
     assert main(["predict", str(model_dir), str(path), "--out", str(out), "--grid-um", "24", "--samples", "2",
                  "--genes", "marker_0,marker_2"]) == 0

@@ -217,3 +217,16 @@ def test_workers_get_distinct_reproducible_numpy_seeds():
     one, two = draw(), draw()
     assert one == two
     assert len(set(np.round(one, 12))) == len(one)  # workers do not repeat each other's numbers
+
+
+def test_without_a_bar_progress_goes_to_the_log_at_every_tenth(caplog):
+    train, val = _data(n=40)
+    with caplog.at_level(logging.INFO, logger="stfusion"):
+        fit(_mlp(), _mse, train, val, epochs=20, batch_size=16, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "stfusion"]
+    assert len(lines) == 10 and lines[0].startswith("training epoch 2/20 (10%), train_loss ")
+    assert "val_loss" in lines[-1] and "epoch 20/20 (100%)" in lines[-1] and "s left" in lines[-1]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stfusion"):
+        fit(_mlp(), _mse, train, epochs=2, batch_size=16, progress=True)
+    assert not [r for r in caplog.records if r.name == "stfusion"]  # the bar shows it instead

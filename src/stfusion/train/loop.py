@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from stfusion.train.distributed import _SETTINGS, _start_method, make_strategy
+from stfusion.train.progress_log import ProgressLog
 from stfusion.train.seed import get_rng_states, make_loader, seed_everything, set_rng_states
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
@@ -210,6 +211,21 @@ class _Recorder(Callback):
         set_rng_states(state_dict["rng"])
 
 
+class _LogLines(Callback):
+    """Without a progress bar: a log line at every tenth of the epochs (:mod:`.progress_log`)."""
+
+    def __init__(self) -> None:
+        self.lines: ProgressLog | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.lines = ProgressLog("training", int(trainer.max_epochs or 1), unit="epoch")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.lines is not None and trainer.is_global_zero:
+            row = _epoch_row(trainer)
+            self.lines.update(row["epoch"] + 1, train_loss=row["train_loss"], val_loss=row["val_loss"])
+
+
 def _epoch_row(trainer: L.Trainer) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     row: dict[str, Any] = {
@@ -291,8 +307,7 @@ def _callbacks(
             enable_version_counter=False,
         )
         callbacks.append(ckpt)
-    if progress:
-        callbacks.append(TQDMProgressBar())
+    callbacks.append(TQDMProgressBar() if progress else _LogLines())
     return recorder, stopper, ckpt, callbacks
 
 
@@ -340,7 +355,8 @@ def fit(
     DataLoaders with ``batch_size``/``collate_fn``/``num_workers``; DataLoaders are used
     as given (their shuffling is then the caller's business). ``accelerator``,
     ``devices``, ``num_nodes``, ``strategy``, ``logger`` and ``trainer_kwargs`` go to
-    :class:`lightning.Trainer`. ``progress=False`` prints nothing.
+    :class:`lightning.Trainer`. ``progress=False`` shows no bar and logs a line (``stfusion``
+    logger, INFO) at every tenth of the epochs instead.
     """
     start = time.perf_counter()
     settings = _SETTINGS.get() or {}

@@ -7,7 +7,8 @@ between steps (metagene drop-and-split switches metagenes on and off and edits t
 optimiser's moment estimates). Those fit the shared loop's epoch/DataLoader design badly, so
 this loop keeps the parts that matter and does them the same way: seeding through
 :func:`stfusion.train.seed.seed_everything` (and seeded numpy/torch generators for the
-patches), a progress bar (rich; ``progress=False`` prints nothing), a wall-clock budget
+patches), a progress bar (rich; ``progress=False`` shows none and logs a line at every tenth
+of the run instead, :mod:`stfusion.train.progress_log`), a wall-clock budget
 (``max_time_s``) and a per-step history of the loss and its terms.
 
 Objective: the single-sample reparameterised ELBO of all training sections, estimated from a
@@ -31,6 +32,7 @@ from stfusion.models.xfuse.likelihood import ExpressionModel
 from stfusion.models.xfuse.metagenes import area_sums, drop_and_split
 from stfusion.models.xfuse.nn import XFuseNet
 from stfusion.models.xfuse.sampling import Batch, PatchSampler
+from stfusion.train.progress_log import ProgressLog
 
 log = logging.getLogger("stfusion")
 _LOG_2PI = float(np.log(2 * np.pi))
@@ -140,6 +142,7 @@ def train(
     start, timed_out = time.perf_counter(), False
     net.train()
     bar, total = _progress(progress, steps)
+    lines = None if progress else ProgressLog("XFuse", steps)
     with bar:
         task = bar.add_task("", total=total)
         for step in range(1, int(steps) + 1):
@@ -163,6 +166,8 @@ def train(
                 events.append({"step": step, **event})
                 log.debug("xfuse step %d: metagenes %d -> %d", step, event["before"], event["after"])
             bar.update(task, advance=1, description=f"ELBO/px {-row['loss']:.3f}  metagenes {expr.n_active}")
+            if lines is not None:
+                lines.update(step, **{"ELBO/px": -row["loss"], "metagenes": expr.n_active})
             if max_time_s is not None and row["seconds"] > max_time_s:
                 timed_out = step < steps
                 break
