@@ -75,7 +75,8 @@ def gene_names(spec: Optional[str]) -> list[str] | None:
 # ----------------------------------------------------------------------------- fit / predict
 def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Optional[float], masks: list[Path],
                      genes: Optional[str], samples: Optional[int]):
-    """Predict with the area/grid/gene/sample options; a grid also writes OME-TIFF stacks + PNGs next to ``out``."""
+    """Predict with the area/grid/gene/sample options; a grid also writes OME-TIFF stacks, PNG
+    previews and the CMYK metagene summary (``<stem>.summary.png``) next to ``out``."""
     from stfusion.io import read_h5ad
 
     if not hasattr(model, "predict_grid"):
@@ -86,11 +87,14 @@ def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Opti
     kw = {"genes": gene_names(genes), "samples": samples}
     if grid_um is not None:
         pred = model.predict_grid(section, grid_um=grid_um, **kw)
-        from stfusion.models.xfuse.outputs import write_image_stack
+        from stfusion.models.xfuse.outputs import save_summary, write_image_stack
 
-        stack = out.with_name(out.name.split(".")[0] + ".ome.tif")
-        written = write_image_stack(pred, stack)
-        log.info("wrote %s", ", ".join(str(p) for p in written.values()))
+        stem = out.name.split(".")[0]
+        written = list(write_image_stack(pred, out.with_name(f"{stem}.ome.tif")).values())
+        if hasattr(model, "summarized_map"):
+            um = float(model.hyperparams["resolution_um"])
+            written.append(save_summary(out.with_name(f"{stem}.summary.png"), model.summarized_map(section), um))
+        log.info("wrote %s", ", ".join(str(p) for p in written))
         return pred
     if masks:
         return model.predict_masks(section, {p.stem: read_mask(p) for p in masks}, **kw)

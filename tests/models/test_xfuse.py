@@ -6,6 +6,7 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import sparse
@@ -15,6 +16,7 @@ from stfusion import _constants as K
 from stfusion.benchmark.pairs import merge_neighbour_pairs
 from stfusion.data.synthetic import make_synthetic_section
 from stfusion.models.xfuse import XFuse, write_image_stack
+from stfusion.models.xfuse.outputs import preview_genes
 from stfusion.models.xfuse import data as D
 from stfusion.models.xfuse.experiments import baseline_maps, pixel_aucs, posterior_grid
 
@@ -109,6 +111,9 @@ def test_grid_masks_de_summary_and_image_stack(fitted, synthetic, tmp_path) -> N
         assert tif.series[0].shape[0] == 2 and tif.is_ome
         assert "PhysicalSizeX=\"8.0\"" in tif.ome_metadata
     assert sorted(p.name for p in written["png"].iterdir()) == ["marker_0.png", "marker_1.png"]
+    flat = ad.AnnData(np.column_stack([np.full(6, 50.0), np.arange(6.0), np.arange(6.0) + 100]),
+                      var=pd.DataFrame(index=["high_flat", "varied", "high_varied"]))
+    assert preview_genes(flat, 2) == ["varied", "high_varied"] and preview_genes(flat, 3) == list(flat.var_names)
 
 
 def test_image_only_prediction_generalises(fitted, tmp_path) -> None:
@@ -241,6 +246,7 @@ def test_covariates_and_cli(synthetic, tmp_path) -> None:
     grid = ad.read_h5ad(out)
     assert list(grid.var_names) == ["marker_0", "marker_2"] and grid.uns["stfusion"]["grid_um"] == 24
     assert (tmp_path / "pred.ome.tif").is_file() and (tmp_path / "pred.sd.ome.tif").is_file()
+    assert (tmp_path / "pred.summary.png").is_file() and len(list((tmp_path / "pred_png").glob("*.png"))) == 2
     labels = synthetic.uns["synthetic"]["label_map"]
     np.save(tmp_path / "a.npy", labels == 0)
     from PIL import Image
@@ -248,7 +254,6 @@ def test_covariates_and_cli(synthetic, tmp_path) -> None:
     Image.fromarray(((labels == 1) * 255).astype(np.uint8)).save(tmp_path / "b.png")
     assert main(["de", str(model_dir), str(path), "--area-a", str(tmp_path / "a.npy"), "--area-b",
                  str(tmp_path / "b.png"), "--out", str(tmp_path / "de.csv"), "--samples", "3"]) == 0
-    import pandas as pd
 
     de = pd.read_csv(tmp_path / "de.csv", index_col=0)
     assert set(de.index) == set(synthetic.var_names) and "credibility" in de

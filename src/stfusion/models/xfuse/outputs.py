@@ -92,9 +92,11 @@ def write_image_stack(pred: ad.AnnData, path: str | Path, *, previews: int | Non
 
     ``path`` (e.g. ``pred.ome.tif``) gets the posterior means (X); ``<stem>.sd.ome.tif`` the
     SDs (``layers["sd"]``). Cells off tissue are NaN. PNG previews (mean and SD side by side,
-    each with a colour bar) go to ``<stem>_png/<gene>.png`` for the first ``previews``
-    genes (None: all). The stacks cover the bounding box of the predicted cells; its offset
-    in grid cells is in the OME description (``grid_origin``).
+    each with a colour bar) go to ``<stem>_png/<gene>.png``: every gene when there are at most
+    ``previews`` (None: all), else the ``previews`` genes whose mean maps vary most across the
+    cells (coefficient of variation of the predicted counts; the most highly expressed genes,
+    often mitochondrial, tend to be the flattest). The stacks cover the bounding box of the
+    predicted cells; its offset in grid cells is in the OME description (``grid_origin``).
     """
     import tifffile
 
@@ -113,7 +115,7 @@ def write_image_stack(pred: ad.AnnData, path: str | Path, *, previews: int | Non
                          description=None, software=f"stfusion grid_origin={int(rows.min())},{int(cols.min())}")
         written[key] = target
     png_dir = path.with_name(f"{stem}_png")
-    genes = list(pred.var_names) if previews is None else list(pred.var_names)[: int(previews)]
+    genes = preview_genes(pred, previews)
     if genes:
         png_dir.mkdir(parents=True, exist_ok=True)
         means = grid_images(pred)
@@ -123,6 +125,40 @@ def write_image_stack(pred: ad.AnnData, path: str | Path, *, previews: int | Non
             save_preview(png_dir / f"{_safe(g)}.png", means[i], None if sds is None else sds[i], g, um)
         written["png"] = png_dir
     return written
+
+
+def preview_genes(pred: ad.AnnData, n: int | None) -> list[str]:
+    """All genes if there are at most ``n`` (or ``n`` is None), else the ``n`` with the highest
+    coefficient of variation of their predicted counts across cells (``layers["mean_counts"]``,
+    else ``X``), in that order."""
+    names = list(pred.var_names)
+    if n is None or len(names) <= int(n):
+        return names
+    values = np.asarray(pred.layers[K.LAYER_MEAN_COUNTS] if K.LAYER_MEAN_COUNTS in pred.layers else pred.X, np.float64)
+    mean = values.mean(axis=0)
+    cv = np.where(mean > 0, values.std(axis=0) / np.where(mean > 0, mean, 1.0), 0.0)
+    return [names[i] for i in np.argsort(-cv, kind="stable")[: int(n)]]
+
+
+def save_summary(path: Path, rgb: np.ndarray, um: float) -> Path:
+    """PNG of the CMYK summary map (:func:`cmyk_summary`, pixels of ``um`` µm) cropped to the
+    tissue, with µm axes (from the image's corner)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows, cols = np.nonzero((rgb != 255).any(axis=2))
+    r0, r1, c0, c1 = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) if len(rows) else (0, *rgb.shape[:1], 0, rgb.shape[1])
+    crop = rgb[r0:r1, c0:c1]
+    fig, ax = plt.subplots(figsize=(5, 5 * crop.shape[0] / max(crop.shape[1], 1) + 0.6))
+    ax.imshow(crop, extent=(c0 * um, c1 * um, r1 * um, r0 * um), interpolation="nearest")
+    ax.set_title("Metagene summary: C, M, Y = PC1-3 of activities, K = -scale", fontsize=9)
+    ax.set_xlabel("µm")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _safe(name: str) -> str:
