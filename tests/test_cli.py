@@ -143,3 +143,18 @@ def test_methods_lists_every_registered_name(capsys, monkeypatch):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in available())
+
+
+def test_slide_options_a_model_cannot_take_are_refused_not_ignored(tmp_path):
+    import typer
+
+    from stfusion.cli_xfuse import predict_slide
+
+    class TilesOnly:  # like ST-Net: predict_image(image, microns_per_pixel) and nothing else
+        def predict_image(self, image_path, microns_per_pixel):
+            raise AssertionError("should not be called")
+
+    with pytest.raises(typer.BadParameter, match="without --grid-um, --samples"):
+        predict_slide(TilesOnly(), tmp_path / "he.png", tmp_path / "p.h5ad", 1.0, grid_um=10.0, masks=[], genes=None, samples=3)
+    with pytest.raises(typer.BadParameter, match="--microns-per-pixel"):
+        predict_slide(TilesOnly(), tmp_path / "he.png", tmp_path / "p.h5ad", None, grid_um=None, masks=[], genes=None, samples=None)

@@ -324,11 +324,9 @@ def predict_cmd(
     if section is not None and extended:
         pred = predict_extended(model, section, out, grid_um=grid_um, masks=mask, genes=genes, samples=samples)
     elif image is not None:
-        if microns_per_pixel is None:
-            raise typer.BadParameter("--image needs --microns-per-pixel (the slide's scale).")
-        if not hasattr(model, "predict_image"):
-            raise typer.BadParameter(f"{type(model).__name__} cannot predict from an image alone.")
-        pred = model.predict_image(image, microns_per_pixel)
+        from stfusion.cli_xfuse import predict_slide
+
+        pred = predict_slide(model, image, out, microns_per_pixel, grid_um=grid_um, masks=mask, genes=genes, samples=samples)
     elif section is not None and super_resolution is not None:
         if not getattr(model, "has_super_resolution", False):
             raise typer.BadParameter(f"{type(model).__name__} has no super-resolution; drop --super-resolution.")

@@ -87,18 +87,49 @@ def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Opti
     kw = {"genes": gene_names(genes), "samples": samples}
     if grid_um is not None:
         pred = model.predict_grid(section, grid_um=grid_um, **kw)
-        from stfusion.models.xfuse.outputs import save_summary, write_image_stack
-
-        stem = out.name.split(".")[0]
-        written = list(write_image_stack(pred, out.with_name(f"{stem}.ome.tif")).values())
-        if hasattr(model, "summarized_map"):
-            um = float(model.hyperparams["resolution_um"])
-            written.append(save_summary(out.with_name(f"{stem}.summary.png"), model.summarized_map(section), um))
-        log.info("wrote %s", ", ".join(str(p) for p in written))
+        _write_grid_files(model, pred, out, section)
         return pred
     if masks:
         return model.predict_masks(section, {p.stem: read_mask(p) for p in masks}, **kw)
     return model.predict(section, **kw)
+
+
+def predict_slide(model: Any, image: Path, out: Path, microns_per_pixel: Optional[float], *, grid_um: Optional[float],
+                  masks: list[Path], genes: Optional[str], samples: Optional[int]):
+    """``stfusion predict MODEL --image SLIDE``: the model's image-only prediction, with
+    ``--grid-um/--genes/--samples`` where the model takes them (XFuse; its grid also writes
+    the stacks, previews and summary as for a section); refused, never ignored, elsewhere."""
+    import inspect
+
+    if microns_per_pixel is None:
+        raise typer.BadParameter("--image needs --microns-per-pixel (the slide's scale).")
+    if not hasattr(model, "predict_image"):
+        raise typer.BadParameter(f"{type(model).__name__} cannot predict from an image alone.")
+    if masks:
+        raise typer.BadParameter("--mask needs a section .h5ad (masks are drawn on its image); drop --image.")
+    given = {"grid_um": grid_um, "genes": gene_names(genes), "samples": samples}
+    given = {k: v for k, v in given.items() if v is not None}
+    accepted = inspect.signature(model.predict_image).parameters
+    refused = [f"--{k.replace('_', '-')}" for k in given if k not in accepted]
+    if refused:
+        raise typer.BadParameter(f"{type(model).__name__} predicts a slide without {', '.join(refused)}; drop it.")
+    pred = model.predict_image(image, microns_per_pixel, **given)
+    if grid_um is not None:
+        _write_grid_files(model, pred, out, model.image_data(image, microns_per_pixel))
+    return pred
+
+
+def _write_grid_files(model: Any, pred: Any, out: Path, section: Any) -> None:
+    """OME-TIFF stacks and PNG previews of a grid prediction, and the model's CMYK summary
+    map when it has one, next to ``out`` (``<stem>.ome.tif``, ``<stem>_png/``, ``<stem>.summary.png``)."""
+    from stfusion.models.xfuse.outputs import save_summary, write_image_stack
+
+    stem = out.name.split(".")[0]
+    written = list(write_image_stack(pred, out.with_name(f"{stem}.ome.tif")).values())
+    if hasattr(model, "summarized_map"):
+        um = float(model.hyperparams["resolution_um"])
+        written.append(save_summary(out.with_name(f"{stem}.summary.png"), model.summarized_map(section), um))
+    log.info("wrote %s", ", ".join(str(p) for p in written))
 
 
 # ----------------------------------------------------------------------------- de

@@ -258,4 +258,11 @@ def test_covariates_and_cli(synthetic, tmp_path) -> None:
     de = pd.read_csv(tmp_path / "de.csv", index_col=0)
     assert set(de.index) == set(synthetic.var_names) and "credibility" in de
     assert main(["predict", str(model_dir), str(path), "--out", str(tmp_path / "m.h5ad"), "--mask", str(tmp_path / "a.npy")]) == 0
+    slide = ["predict", str(model_dir), "--image", data_path(synthetic), "--microns-per-pixel", "1.0"]
+    assert main([*slide, "--grid-um", "24", "--samples", "2", "--genes", "marker_1", "--out", str(tmp_path / "s.h5ad")]) == 0
+    on_slide = ad.read_h5ad(tmp_path / "s.h5ad")  # H&E only: the options are honoured, stacks and summary written
+    assert list(on_slide.var_names) == ["marker_1"] and on_slide.uns["stfusion"]["grid_um"] == 24
+    assert (tmp_path / "s.ome.tif").is_file() and (tmp_path / "s.summary.png").is_file()
+    assert main([*slide, "--mask", str(tmp_path / "a.npy"), "--out", str(tmp_path / "x.h5ad")]) != 0
+    assert not (tmp_path / "x.h5ad").exists()
     assert ad.read_h5ad(tmp_path / "m.h5ad").n_obs == 1
