@@ -158,3 +158,11 @@ def test_slide_options_a_model_cannot_take_are_refused_not_ignored(tmp_path):
         predict_slide(TilesOnly(), tmp_path / "he.png", tmp_path / "p.h5ad", 1.0, grid_um=10.0, masks=[], genes=None, samples=3)
     with pytest.raises(typer.BadParameter, match="--microns-per-pixel"):
         predict_slide(TilesOnly(), tmp_path / "he.png", tmp_path / "p.h5ad", None, grid_um=None, masks=[], genes=None, samples=None)
+
+
+@pytest.mark.parametrize("extra", [["--images", "slides/", "--grid-um", "10"], ["--super-resolution", "4", "--grid-um", "10"]])
+def test_predict_option_combinations_that_would_be_ignored_are_refused(tmp_path, extra, capsys):
+    assert main(["predict", str(tmp_path / "model"), *extra, "--out", str(tmp_path / "p.h5ad")]) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("cannot be combined" in err) if "--super-resolution" in extra else ("with the model's defaults" in err)
+    assert not (tmp_path / "p.h5ad").exists()

@@ -311,6 +311,12 @@ def predict_cmd(
     from stfusion.io import read_h5ad, write_h5ad
     from stfusion.models.api import load_model
 
+    extended = grid_um is not None or mask or genes is not None or samples is not None
+    if images is not None and (extended or super_resolution is not None or section is not None or image is not None):
+        raise typer.BadParameter("--images predicts each slide with the model's defaults; it takes no section, "
+                                 "--image, --grid-um, --mask, --genes, --samples or --super-resolution.")
+    if super_resolution is not None and extended:
+        raise typer.BadParameter("--super-resolution cannot be combined with --grid-um/--mask/--genes/--samples.")
     if images is not None:  # many slides, streamed, in parallel (stfusion.scale.batch)
         from stfusion.scale.batch import predict_slides
 
@@ -320,7 +326,6 @@ def predict_cmd(
             raise typer.Exit(1)
         return
     model = load_model(model_dir, progress=show_progress())
-    extended = grid_um is not None or mask or genes is not None or samples is not None
     if section is not None and extended:
         pred = predict_extended(model, section, out, grid_um=grid_um, masks=mask, genes=genes, samples=samples)
     elif image is not None:
