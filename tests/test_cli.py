@@ -166,3 +166,16 @@ def test_predict_option_combinations_that_would_be_ignored_are_refused(tmp_path,
     err = " ".join(capsys.readouterr().err.split())
     assert ("cannot be combined" in err) if "--super-resolution" in extra else ("with the model's defaults" in err)
     assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_covariates_as_one_list_or_once_per_section():
+    import typer
+
+    from stfusion.cli_xfuse import parse_covariates
+
+    expected = [{"batch": "a", "slide": "1"}, {"batch": "b", "slide": "1"}]
+    assert parse_covariates(["batch=a,b", "slide=1,1"], 2) == expected
+    assert parse_covariates(["batch=a", "slide=1", "batch=b", "slide=1"], 2) == expected
+    for bad in (["batch=a"], ["batch=a,b", "batch=c"], ["batch"]):
+        with pytest.raises(typer.BadParameter, match="per section"):
+            parse_covariates(bad, 2)

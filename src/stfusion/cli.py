@@ -257,7 +257,8 @@ def fit_cmd(
     ] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="Hyperparameter key=value (repeatable).")] = [],  # noqa: B006
     covariate: Annotated[
-        list[str], typer.Option("--covariate", help="NAME=V1,V2,... one value per section, in order (repeatable; XFuse).")
+        list[str],
+        typer.Option("--covariate", help="NAME=V1,V2,... (one value per section, in order) or NAME=VALUE once per section (XFuse)."),
     ] = [],  # noqa: B006
     devices: Annotated[Optional[int], typer.Option(help="Processes/GPUs per machine for training (with --strategy ddp).")] = None,
     num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Machines taking part in DDP training.")] = None,

@@ -21,21 +21,27 @@ log = logging.getLogger("stfusion")
 
 # ----------------------------------------------------------------------------- parsing
 def parse_covariates(items: list[str], n_sections: int) -> list[dict[str, str]] | None:
-    """``["batch=a,b", "slide=1,1"]`` -> one ``{name: value}`` dict per section."""
+    """One ``{name: value}`` dict per section, from ``NAME=V1,V2,...`` (one value per section,
+    in order: ``["batch=a,b", "slide=1,1"]``) or from ``NAME=VALUE`` repeated once per section
+    (``["batch=a", "batch=b"]``)."""
     if not items:
         return None
-    out: list[dict[str, str]] = [{} for _ in range(n_sections)]
+    given: dict[str, list[str]] = {}
     for item in items:
         if "=" not in item:
             raise typer.BadParameter(f"--covariate expects NAME=V1,V2,... (one value per section), got {item!r}.")
         name, values = item.split("=", 1)
-        vals = [v.strip() for v in values.split(",")]
-        if len(vals) != n_sections:
+        given.setdefault(name.strip(), []).append(values)
+    out: list[dict[str, str]] = [{} for _ in range(n_sections)]
+    for name, entries in given.items():
+        vals = [v.strip() for v in entries[0].split(",")] if len(entries) == 1 else [v.strip() for v in entries]
+        if len(vals) != n_sections or (len(entries) > 1 and any("," in v for v in entries)):
             raise typer.BadParameter(
-                f"--covariate {name} has {len(vals)} values for {n_sections} sections; give one per section, in order."
+                f"--covariate {name} gives {len(vals)} values for {n_sections} sections; give one per section, in order "
+                f"({name}=V1,V2,... once, or {name}=VALUE once per section)."
             )
         for d, v in zip(out, vals, strict=True):
-            d[name.strip()] = v
+            d[name] = v
     return out
 
 

@@ -149,7 +149,9 @@ def save_summary(path: Path, rgb: np.ndarray, um: float) -> Path:
     import matplotlib.pyplot as plt
 
     rows, cols = np.nonzero((rgb != 255).any(axis=2))
-    r0, r1, c0, c1 = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) if len(rows) else (0, *rgb.shape[:1], 0, rgb.shape[1])
+    if not len(rows):
+        rows, cols = np.array([0, rgb.shape[0] - 1]), np.array([0, rgb.shape[1] - 1])
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     crop = rgb[r0:r1, c0:c1]
     fig, ax = plt.subplots(figsize=(5, 5 * crop.shape[0] / max(crop.shape[1], 1) + 0.6))
     ax.imshow(crop, extent=(c0 * um, c1 * um, r1 * um, r0 * um), interpolation="nearest")
