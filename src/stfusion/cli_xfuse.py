@@ -121,7 +121,8 @@ def predict_slide(model: Any, image: Path, out: Path, microns_per_pixel: Optiona
         raise typer.BadParameter(f"{type(model).__name__} predicts a slide without {', '.join(refused)}; drop it.")
     pred = model.predict_image(image, microns_per_pixel, **given)
     if grid_um is not None:
-        _write_grid_files(model, pred, out, model.image_data(image, microns_per_pixel))
+        slide = model.image_data(image, microns_per_pixel) if hasattr(model, "image_data") else None
+        _write_grid_files(model, pred, out, slide)
     return pred
 
 
@@ -132,7 +133,7 @@ def _write_grid_files(model: Any, pred: Any, out: Path, section: Any) -> None:
 
     stem = out.name.split(".")[0]
     written = list(write_image_stack(pred, out.with_name(f"{stem}.ome.tif")).values())
-    if hasattr(model, "summarized_map"):
+    if section is not None and hasattr(model, "summarized_map"):
         um = float(model.hyperparams["resolution_um"])
         written.append(save_summary(out.with_name(f"{stem}.summary.png"), model.summarized_map(section), um))
     log.info("wrote %s", ", ".join(str(p) for p in written))

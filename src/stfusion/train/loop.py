@@ -218,7 +218,7 @@ class _LogLines(Callback):
         self.lines: ProgressLog | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.lines = ProgressLog("training", int(trainer.max_epochs or 1), unit="epoch")
+        self.lines = ProgressLog("training", int(trainer.max_epochs or 1), unit="epoch", done=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.lines is not None and trainer.is_global_zero:

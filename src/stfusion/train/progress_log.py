@@ -20,8 +20,9 @@ log = logging.getLogger("stfusion")
 class ProgressLog:
     """Log ``what`` ``done``/``total`` at ``parts`` evenly spaced points (and the last one)."""
 
-    def __init__(self, what: str, total: int, unit: str = "step", parts: int = 10) -> None:
-        self.what, self.total, self.unit = what, max(1, int(total)), unit
+    def __init__(self, what: str, total: int, unit: str = "step", parts: int = 10, done: int = 0) -> None:
+        """``done``: already done when timing starts (a resumed run), for the time left."""
+        self.what, self.total, self.unit, self.first = what, max(1, int(total)), unit, int(done)
         self.marks = {math.ceil(self.total * k / parts) for k in range(1, parts + 1)}
         self.start = time.perf_counter()
 
@@ -31,7 +32,8 @@ class ProgressLog:
         if int(done) not in self.marks:
             return False
         seconds = time.perf_counter() - self.start
-        left = seconds * (self.total - done) / done if done else float("nan")
+        ran = int(done) - self.first
+        left = seconds * (self.total - done) / ran if ran > 0 else float("nan")
         shown = "".join(f", {k} {_fmt(v)}" for k, v in values.items() if v is not None)
         log.info("%s %s %d/%d (%d%%)%s; %s, ~%s left", self.what, self.unit, done, self.total,
                  round(100 * done / self.total), shown, _duration(seconds), _duration(left))
@@ -43,4 +45,6 @@ def _fmt(value: float | int) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
