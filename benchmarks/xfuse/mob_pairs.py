@@ -115,12 +115,18 @@ def _within_pair_r(ma, mb, ta, tb) -> np.ndarray:
     return M.genewise_pearson(ma - mb, ta - tb)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def pair_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options the neighbour-pair scripts share: sections, genes, samples, steps."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--sections", nargs="+", default=list(M.SECTIONS))
     ap.add_argument("--genes", type=int, default=100)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--steps", type=int, default=None, help="override the fast preset's steps (smoke tests)")
+    return ap
+
+
+def main() -> None:
+    ap = pair_arguments(__doc__)
     ap.add_argument("--params", default="{}", help='XFuse hyperparameters over the fast preset, JSON (e.g. \'{"expr_lr": 0.03}\')')
     ap.add_argument("--seed", type=int, default=0, help="seed of the pairing and (unless --model-seed) of the model")
     ap.add_argument("--model-seed", type=int, default=None,
