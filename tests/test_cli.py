@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -179,3 +180,10 @@ def test_covariates_as_one_list_or_once_per_section():
     for bad in (["batch=a"], ["batch=a,b", "batch=c"], ["batch"]):
         with pytest.raises(typer.BadParameter, match="per section"):
             parse_covariates(bad, 2)
+
+
+def test_main_leaves_no_logging_set_up_behind_it():
+    logger = logging.getLogger("stfusion")
+    before = list(logger.handlers), logger.level, logger.propagate
+    assert main(["methods"]) == 0
+    assert (list(logger.handlers), logger.level, logger.propagate) == before

@@ -423,8 +423,20 @@ app.add_typer(plot_app, name="plot")
 
 # ----------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors unless ``--debug``."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Console entry point: one-line errors unless ``--debug``. The ``stfusion`` logger's
+    handlers, level and propagation are restored on return, so calling ``main`` from Python
+    (a notebook, a workflow, the tests) leaves no logging set up behind it."""
+    logger = logging.getLogger("stfusion")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def _main(args: list[str]) -> int:
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="stfusion", standalone_mode=False)
