@@ -119,9 +119,10 @@ def predict_slide(model: Any, image: Path, out: Path, microns_per_pixel: Optiona
     refused = [f"--{k.replace('_', '-')}" for k in given if k not in accepted]
     if refused:
         raise typer.BadParameter(f"{type(model).__name__} predicts a slide without {', '.join(refused)}; drop it.")
-    pred = model.predict_image(image, microns_per_pixel, **given)
+    # a grid also gets the summary map: read the slide once, for both (XFuse.predict_image takes it read)
+    slide = model.image_data(image, microns_per_pixel) if grid_um is not None and hasattr(model, "image_data") else None
+    pred = model.predict_image(image if slide is None else slide, microns_per_pixel, **given)
     if grid_um is not None:
-        slide = model.image_data(image, microns_per_pixel) if hasattr(model, "image_data") else None
         _write_grid_files(model, pred, out, slide)
     return pred
 

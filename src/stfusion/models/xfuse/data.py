@@ -336,4 +336,5 @@ def image_section(image_path: str | Path, microns_per_pixel: float, resolution_u
         image = read_working_image(reader, hw_full, microns_per_pixel, resolution_um)
     h, w = image.shape[:2]
     return SectionData(Path(image_path).stem, image, tissue_mask(image), w / hw_full[1], h / hw_full[0],
-                       float(microns_per_pixel), hw_full, np.asarray(beta, dtype=np.float32), spot_radius_px)
+                       float(microns_per_pixel), hw_full, np.asarray(beta, dtype=np.float32), spot_radius_px,
+                       extra={K.SOURCE_IMAGE_PATH: str(Path(image_path).resolve())})

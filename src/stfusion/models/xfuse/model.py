@@ -440,14 +440,16 @@ class XFuse(Model):
         return D.image_section(image_path, microns_per_pixel, self.hyperparams["resolution_um"],
                                self._beta(covariates), spot_radius_px=radius)
 
-    def predict_image(self, image_path: str | Path, microns_per_pixel: float, grid_um: float | None = None,
+    def predict_image(self, image_path: str | Path | D.SectionData, microns_per_pixel: float, grid_um: float | None = None,
                       samples: int | None = None, genes: Sequence[str] | None = None,
                       covariates: Mapping[str, Any] | None = None) -> ad.AnnData:
-        """Expression over the tissue of an H&E-only slide on a grid (default: cells of the training spot diameter)."""
+        """Expression over the tissue of an H&E-only slide on a grid (default: cells of the training
+        spot diameter). ``image_path`` may also be the slide already read by :meth:`image_data`
+        (then ``microns_per_pixel`` and ``covariates`` are those it was read with)."""
         self._check_fitted()
-        data = self.image_data(image_path, microns_per_pixel, covariates)
+        data = image_path if isinstance(image_path, D.SectionData) else self.image_data(image_path, microns_per_pixel, covariates)
         out = self.predict_grid(data, grid_um or self.state_["spot_diameter_um"], genes=genes, samples=samples)
-        out.uns[K.STFUSION]["source_image_path"] = str(Path(image_path).resolve())
+        out.uns[K.STFUSION][K.SOURCE_IMAGE_PATH] = data.extra[K.SOURCE_IMAGE_PATH]
         return out
 
     # ------------------------------------------------------------------ persistence
