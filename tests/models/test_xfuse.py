@@ -75,10 +75,12 @@ def test_predict_layers_and_target_space(fitted, synthetic) -> None:
     # expected counts track the measured ones across the 16 areas
     r = np.corrcoef(pred.layers["mean_counts"].ravel(), synthetic.X.toarray().ravel())[0, 1]
     assert r > 0.8
-    # ... and add up to them: prediction runs in frames of the training patch size (in
-    # frames of 160-256 px this fit's totals came out 20-27% high; 12% in its own 96 px)
+    # ... and add up to them: prediction runs in frames of the training patch size. One short
+    # fit's total is off by up to ~20% either way: seeds 0-5 of this fixture gave 1.21, 0.91,
+    # 0.84, 1.06, 0.83, 0.98 x the measured total (2 AMD EPYC cores, torch 2.13 CPU, 2026-12-07),
+    # so the bound is set outside that spread; a systematic bias shows across seeds, not here.
     ratio = pred.layers["mean_counts"].sum() / synthetic.X.sum()
-    assert abs(ratio - 1) < 0.18, ratio
+    assert abs(ratio - 1) < 0.25, ratio
 
 
 def test_save_load_predict_identical(fitted, synthetic, tmp_path) -> None:
