@@ -149,7 +149,7 @@ def test_methods_lists_every_registered_name(capsys, monkeypatch):
 def test_slide_options_a_model_cannot_take_are_refused_not_ignored(tmp_path):
     import typer
 
-    from stfusion.cli_xfuse import predict_slide
+    from stfusion.cli.xfuse import predict_slide
 
     class TilesOnly:  # like ST-Net: predict_image(image, microns_per_pixel) and nothing else
         def predict_image(self, image_path, microns_per_pixel):
@@ -172,7 +172,7 @@ def test_predict_option_combinations_that_would_be_ignored_are_refused(tmp_path,
 def test_covariates_as_one_list_or_once_per_section():
     import typer
 
-    from stfusion.cli_xfuse import parse_covariates
+    from stfusion.cli.options import parse_covariates
 
     expected = [{"batch": "a", "slide": "1"}, {"batch": "b", "slide": "1"}]
     assert parse_covariates(["batch=a,b", "slide=1,1"], 2) == expected

@@ -12,7 +12,7 @@ import pytest
 
 from stfusion.benchmark.config import ConfigError
 from stfusion.cli import main
-from stfusion.config import fit_from_config, load_run_config, predict_from_config
+from stfusion.cli.config import fit_from_config, load_run_config, predict_from_config
 from stfusion.data.synthetic import make_synthetic_section
 from stfusion.io import write_h5ad
 

@@ -1,52 +1,32 @@
 """Command-line pieces for models with areas, grids and uncertainty (XFuse).
 
-``stfusion fit ... --covariate NAME=V1,V2,...`` (one value per section, in order),
-``stfusion predict ... --grid-um / --mask / --genes / --samples`` and ``stfusion de``.
-Registered from :mod:`stfusion.cli`; torch is imported only when a command runs.
+``stfusion predict ... --grid-um / --mask / --genes / --samples`` (used by
+:mod:`stfusion.cli.models`) and ``stfusion de``; ``--covariate`` of ``stfusion fit`` is parsed by
+:func:`stfusion.cli.options.parse_covariates`. Registered from :mod:`stfusion.cli`; numpy and
+torch are imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import numpy as np
 import typer
 
 from stfusion.errors import StfusionError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("stfusion")
 
 
 # ----------------------------------------------------------------------------- parsing
-def parse_covariates(items: list[str], n_sections: int) -> list[dict[str, str]] | None:
-    """One ``{name: value}`` dict per section, from ``NAME=V1,V2,...`` (one value per section,
-    in order: ``["batch=a,b", "slide=1,1"]``) or from ``NAME=VALUE`` repeated once per section
-    (``["batch=a", "batch=b"]``)."""
-    if not items:
-        return None
-    given: dict[str, list[str]] = {}
-    for item in items:
-        if "=" not in item:
-            raise typer.BadParameter(f"--covariate expects NAME=V1,V2,... (one value per section), got {item!r}.")
-        name, values = item.split("=", 1)
-        given.setdefault(name.strip(), []).append(values)
-    out: list[dict[str, str]] = [{} for _ in range(n_sections)]
-    for name, entries in given.items():
-        vals = [v.strip() for v in entries[0].split(",")] if len(entries) == 1 else [v.strip() for v in entries]
-        if len(vals) != n_sections or (len(entries) > 1 and any("," in v for v in entries)):
-            raise typer.BadParameter(
-                f"--covariate {name} gives {len(vals)} values for {n_sections} sections; give one per section, in order "
-                f"({name}=V1,V2,... once, or {name}=VALUE once per section)."
-            )
-        for d, v in zip(out, vals, strict=True):
-            d[name] = v
-    return out
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A boolean full-resolution mask from a PNG/TIFF/JPEG (non-zero = inside) or .npy file."""
+    import numpy as np
+
     if not path.is_file():
         raise StfusionError(f"Mask file not found: {path}.")
     if path.suffix.lower() == ".npy":

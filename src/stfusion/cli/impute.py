@@ -1,6 +1,6 @@
 """``stfusion impute``: add genes the spatial assay did not measure, from an scRNA-seq reference.
 
-Kept out of :mod:`stfusion.cli` to keep that module small; ``cli.py`` registers :func:`impute_cmd`.
+Registered by :mod:`stfusion.cli`; anndata, pandas and scipy are imported only when the command runs.
 
 The output is the spatial AnnData (obs, obsm, uns kept) with the imputed genes appended:
 
@@ -24,16 +24,18 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 import typer
-from scipy import sparse
 
 from stfusion import _constants as K
+from stfusion.cli.options import parse_params, show_progress
 from stfusion.errors import StfusionError
+
+if TYPE_CHECKING:
+    import anndata as ad
+    import numpy as np
+    from scipy import sparse
 
 METHODS = {"spaim": "spaim", "tangram": "tangram", "gimvi": "gimvi", "knn": "knn_reference",
            "knn_reference": "knn_reference"}  # fmt: skip
@@ -44,6 +46,8 @@ log = logging.getLogger("stfusion")
 # ----------------------------------------------------------------------------- reading
 def read_spatial_h5ad(path: Path) -> tuple[ad.AnnData, sparse.csr_matrix]:
     """The spatial AnnData as stored, and its raw counts (from X or layers["counts"])."""
+    import anndata as ad
+
     from stfusion.data.counts import check_unique_genes, to_counts_csr
     from stfusion.errors import CountsError, InputFileError
 
@@ -65,6 +69,8 @@ def read_spatial_h5ad(path: Path) -> tuple[ad.AnnData, sparse.csr_matrix]:
 
 def resolve_genes(spec: str, reference: ad.AnnData, spatial: ad.AnnData) -> list[str]:
     """Genes to impute: ``all-missing`` (reference genes with counts that the spatial data lacks) or a file."""
+    import numpy as np
+
     ref_counts = np.asarray(reference.X.sum(axis=0)).ravel()
     if spec == ALL_MISSING:
         genes = [str(g) for g, n in zip(reference.var_names, ref_counts) if n > 0 and g not in spatial.var_names]
@@ -95,8 +101,6 @@ def make_imputer(method: str, seed: int, mode: str | None, params: dict) -> Any:
     if name != "knn_reference":
         kwargs.setdefault("seed", seed)
     if name == "spaim":
-        from stfusion.config import show_progress
-
         kwargs.setdefault("progress", show_progress())
     if mode is not None:
         kwargs["mode"] = mode
@@ -107,6 +111,8 @@ def impute_pair(model: Any, reference: ad.AnnData, spatial: ad.AnnData, genes: S
     """Fit ``model`` on the shared genes other than ``genes`` (sorted, with counts in both datasets;
     the spatial data restricted to them, as the benchmark's gene k-fold does) and impute ``genes``.
     Returns the imputed AnnData and the training genes."""
+    import numpy as np
+
     from stfusion.io.reference import shared_genes
 
     hold = set(genes)
@@ -123,6 +129,11 @@ def impute_pair(model: Any, reference: ad.AnnData, spatial: ad.AnnData, genes: S
 
 def imputed_output(spatial: ad.AnnData, counts: sparse.csr_matrix, imputed: ad.AnnData) -> ad.AnnData:
     """The spatial AnnData with the imputed genes appended (see the module docstring)."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    from scipy import sparse
+
     from stfusion.data.normalize import log1p_normalize_total
 
     genes = list(imputed.var_names)
@@ -141,6 +152,8 @@ def imputed_output(spatial: ad.AnnData, counts: sparse.csr_matrix, imputed: ad.A
 
 def _columns(counts: sparse.csr_matrix, idx: np.ndarray) -> sparse.csr_matrix:
     """Counts of the columns ``idx`` (zeros where -1: genes the spatial data did not measure)."""
+    from scipy import sparse
+
     rows = [counts[:, [i]] if i >= 0 else sparse.csr_matrix((counts.shape[0], 1), dtype=counts.dtype) for i in idx]
     return sparse.hstack(rows, format="csr") if rows else sparse.csr_matrix((counts.shape[0], 0), dtype=counts.dtype)
 
@@ -158,11 +171,14 @@ def impute_cmd(
     param: Annotated[list[str], typer.Option("--param", "-p", help="Hyperparameter key=value (repeatable).")] = [],  # noqa: B006
 ) -> None:
     """Impute genes the spatial data did not measure from a single-cell reference."""
-    from stfusion.cli import _parse_params
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
     from stfusion.io import write_h5ad
     from stfusion.io.reference import read_reference
 
-    model = make_imputer(method.lower(), seed, mode, _parse_params(param))
+    model = make_imputer(method.lower(), seed, mode, parse_params(param))
     ref = read_reference(reference, cell_type_key=cell_type_key)
     sp_full, counts = read_spatial_h5ad(spatial)
     sp = ad.AnnData(X=counts, obs=pd.DataFrame(index=sp_full.obs_names), var=pd.DataFrame(index=sp_full.var_names),

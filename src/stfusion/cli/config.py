@@ -26,6 +26,11 @@ Keys are the command's option names (``--super-resolution`` is ``super_resolutio
 Every ``fit`` writes ``MODEL_DIR/run/`` and every ``predict`` writes ``PRED.run/`` (or
 ``--run-dir``): ``config.toml`` (the resolved settings; ``stfusion fit --config`` re-runs
 it), ``run.json`` (command line, seed, package versions, status, time) and ``stfusion.log``.
+
+The keys of a ``[fit]``/``[predict]`` table are the parameters of the command function that
+:func:`recorded` registered under that name (``stfusion.cli.models`` defines them): this module
+learns them from the command functions, never from the Typer app that registers the commands,
+so it sits below every command module and imports only :mod:`stfusion.cli.options`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from typing import Annotated, Any, Optional, get_args
 
 import typer
 
+from stfusion.cli.options import genes_spec, parse_covariates, parse_params, show_progress
+
 log = logging.getLogger("stfusion")
 
 COMMANDS = ("fit", "predict")
@@ -57,6 +64,7 @@ NUMBER_OR_NAME_KEYS = frozenset({"genes"})  # str options that also take a numbe
 SKIP_KEYS = frozenset({"config"})
 RUN_SUBDIR = "run"  # inside a model folder
 LOG_FILE, RECORD_FILE, CONFIG_FILE = "stfusion.log", "run.json", "config.toml"
+_DEFINITIONS: dict[str, Callable] = {}  # command name -> its command function (filled by `recorded`)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -68,10 +76,13 @@ def _error(message: str) -> Exception:
 
 
 def command_params(command: str) -> dict[str, Any]:
-    """The click parameters of ``stfusion COMMAND`` by name (the keys its config table takes)."""
-    from stfusion.cli import app
-
-    cmd = typer.main.get_command(app).commands[command]
+    """The click parameters of ``stfusion COMMAND`` by name (the keys its config table takes), built
+    by Typer from the command function registered by :func:`recorded`, as the app builds them."""
+    if command not in _DEFINITIONS:
+        raise _error(f"`stfusion {command}` takes no run config (only {' and '.join(COMMANDS)} do).")
+    single = typer.Typer(add_completion=False)
+    single.command(command)(_DEFINITIONS[command])
+    cmd = typer.main.get_command(single)
     return {p.name: p for p in cmd.params if p.name not in SKIP_KEYS}
 
 
@@ -195,31 +206,24 @@ RunDirOpt = Annotated[
 
 
 # ----------------------------------------------------------------------------- running (API = CLI)
-def show_progress() -> bool:
-    """Progress bars: on a terminal, unless ``--quiet`` (the ``stfusion`` logger above INFO)."""
-    return sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
-
-
 def run_fit(*, method: str, sections: list, out: Path | None = None, genes: Any = None, preset: str | None = None,
             epochs: int | None = None, seed: int | None = None, param: list[str] = (), covariate: list[str] = (),
             devices: int | None = None, num_nodes: int | None = None, strategy: str | None = None,
             progress: bool | None = None, **ignored: Any) -> Any:  # fmt: skip
     """Fit (and save to ``out`` when given) exactly as ``stfusion fit`` does; returns the model.
     Keys of ``stfusion fit`` that do not change the fit (e.g. ``config``) are ``ignored``."""
-    from stfusion.cli import _genes_spec, _parse_params
-    from stfusion.cli_xfuse import parse_covariates
     from stfusion.io import read_h5ad
     from stfusion.models.api import fit, save_model
     from stfusion.train.distributed import is_global_zero, trainer_settings
 
-    params = _parse_params(list(param))
+    params = parse_params(list(param))
     for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed)):
         if value is not None:
             params[key] = value
     data = [read_h5ad(p) for p in sections]
     covariates = parse_covariates(list(covariate), len(data))
     with trainer_settings(devices=devices, num_nodes=num_nodes, strategy=strategy):
-        model = fit(method, data, genes=_genes_spec(genes), covariates=covariates,
+        model = fit(method, data, genes=genes_spec(genes), covariates=covariates,
                     progress=show_progress() if progress is None else progress, **params)  # fmt: skip
     if out is not None and is_global_zero():
         save_model(model, out)
@@ -370,7 +374,9 @@ def _record(command: str, params: dict[str, Any], status: str, started: float) -
 
 def recorded(command: str) -> Callable:
     """Decorate a command: its run leaves ``config.toml``, ``run.json`` and ``stfusion.log`` in its run folder
-    (fit: ``MODEL_DIR/run``; predict: ``--run-dir`` or ``OUT.run``). A failed fit leaves them in ``OUT.failed-run``."""
+    (fit: ``MODEL_DIR/run``; predict: ``--run-dir`` or ``OUT.run``). A failed fit leaves them in ``OUT.failed-run``.
+    The decorated function is also registered as ``command``'s definition: its parameters are the keys
+    of the ``[command]`` table of a run config (:func:`command_params`)."""
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
@@ -388,6 +394,7 @@ def recorded(command: str) -> Callable:
             finally:
                 _finish_record(command, params, staging, run_dir if status == "ok" else failed_dir, status, started)
 
+        _DEFINITIONS[command] = wrapper
         return wrapper
 
     return decorate

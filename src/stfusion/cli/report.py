@@ -1,6 +1,6 @@
 """``stfusion report``: a self-contained HTML report of a benchmark run or a prediction.
 
-Kept apart from :mod:`stfusion.cli` (which registers it) so the command's imports stay light.
+Registered by :mod:`stfusion.cli`; :mod:`stfusion.report` is imported only when the command runs.
 """
 
 from __future__ import annotations
