@@ -235,11 +235,11 @@ def test_downscaled_read_of_large_tiff_is_banded(big_tiff):
 
 
 def test_banded_and_direct_reads_agree(texture_files, monkeypatch):
-    from stfusion.data import patches
+    from stfusion.data import image
 
     direct = read_region(texture_files["png"], 10, 20, 1010, 1020, out_shape=(100, 100))
-    monkeypatch.setattr(patches, "_LARGE_PX", 1000)
-    monkeypatch.setattr(patches, "_BAND_PX", 50_000)
+    monkeypatch.setattr(image, "_LARGE_PX", 1000)
+    monkeypatch.setattr(image, "_BAND_PX", 50_000)
     banded = read_region(texture_files["png"], 10, 20, 1010, 1020, out_shape=(100, 100))
     mad, r = _agreement(direct, banded)
     assert mad < 1.5 and r > 0.99, (mad, r)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from stfusion.errors import InputFileError, StfusionError
-from stfusion.models import backbones as B
-from stfusion.models._densenet import DenseNet
+from stfusion.models import encoders as B
+from stfusion.models.encoders.densenet import DenseNet
 
 # ---- expected layouts, rebuilt from torchvision's naming rules (not from our modules) ----
 

@@ -69,7 +69,7 @@ def test_head_starts_at_training_mean(toy_split):
 
 def test_tta_is_invariant_to_rotating_the_patch():
     torch.manual_seed(1)
-    from stfusion.models.backbones import make_backbone
+    from stfusion.models.encoders import make_backbone
 
     backbone, nf = make_backbone("small_cnn", width=4)
     net = STNetNet(backbone, nf, 3)
@@ -100,7 +100,7 @@ def test_save_load_predict_is_exact(fitted, toy_split, tmp_path):
 
 
 def test_foreign_torchvision_densenet_state_dict_loads(tmp_path):
-    from stfusion.models.backbones import densenet121
+    from stfusion.models.encoders import densenet121
 
     torch.manual_seed(3)
     ref = densenet121(num_classes=1000)  # torchvision's layout, classifier included

@@ -129,7 +129,7 @@ class _ImageFeatureModel(Model):
         return feats
 
     # -- interface
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> _ImageFeatureModel:
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> _ImageFeatureModel:
         sections = as_section_list(train_sections)
         genes = list(genes) if genes is not None else shared_genes(sections)
         y = np.vstack([target_expression(s, genes) for s in sections]).astype(np.float64)  # checks genes first
@@ -147,7 +147,7 @@ class _ImageFeatureModel(Model):
         self.genes_ = genes
         return self
 
-    def predict(self, section: ad.AnnData) -> ad.AnnData:
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
         values = self._predict_arrays(self.features(section, {}))
         return prediction_adata(section, values, genes, method=self.name)

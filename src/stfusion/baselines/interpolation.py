@@ -91,13 +91,13 @@ class ConstantBaseline(Model):
     description: ClassVar[str] = "Each gene's mean expression over all training spots."
     input_kind: ClassVar[str] = "coordinates"
 
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> ConstantBaseline:
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> ConstantBaseline:
         genes = resolve_train_genes(train_sections, genes)
         self.mean_ = stacked_targets(train_sections, genes).mean(axis=0)
         self.genes_ = genes
         return self
 
-    def predict(self, section: ad.AnnData) -> ad.AnnData:
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
         values = np.broadcast_to(self.mean_, (section.n_obs, len(genes)))
         return prediction_adata(section, values, genes, method=self.name)
@@ -124,7 +124,7 @@ class SpatialBaseline(Model):
 
     input_kind: ClassVar[str] = "coordinates"
 
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> SpatialBaseline:
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> SpatialBaseline:
         genes = resolve_train_genes(train_sections, genes)
         groups: dict[str, list[ad.AnnData]] = {}
         for s in train_sections:
@@ -141,7 +141,7 @@ class SpatialBaseline(Model):
         self.genes_ = genes
         return self
 
-    def predict(self, section: ad.AnnData) -> ad.AnnData:
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
         key = section_key(section)
         if key not in self.state_:

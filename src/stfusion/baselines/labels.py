@@ -45,7 +45,7 @@ class LabelMeanBaseline(Model):
     def __init__(self, label_key: str = K.REGION_LABEL) -> None:
         super().__init__(label_key=label_key)
 
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> LabelMeanBaseline:
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> LabelMeanBaseline:
         genes = resolve_train_genes(train_sections, genes)
         key = self.hyperparams["label_key"]
         labels = pd.concat([spot_labels(s, key, role="training") for s in train_sections], ignore_index=True)
@@ -60,7 +60,7 @@ class LabelMeanBaseline(Model):
         self.genes_ = genes
         return self
 
-    def predict(self, section: ad.AnnData) -> ad.AnnData:
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
         labels = spot_labels(section, self.hyperparams["label_key"], role="test")
         pos = pd.Index(self.labels_).get_indexer(labels.fillna("\0").to_numpy())

@@ -8,13 +8,12 @@ Models never modify their inputs.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import anndata as ad
 import numpy as np
@@ -94,9 +93,13 @@ def dense(x) -> np.ndarray:
 class Model(ABC):
     """Base class: stores hyperparameters, the fitted genes, and a JSON model card.
 
-    Every subclass's ``fit`` records a summary of its training data (sections, spots, µm per
-    pixel) for the card, and its ``predict`` first checks the section's scale
-    (:meth:`check_section`); both are added by ``__init_subclass__``, so subclasses need no code.
+    The public :meth:`fit` and :meth:`predict` are defined here once (a template method):
+    ``fit`` calls the subclass's :meth:`_fit` and then records a summary of the training data
+    (sections, spots, µm per pixel) for the card; ``predict`` first checks the section's scale
+    (:meth:`check_section`) and then calls the subclass's :meth:`_predict`. Subclasses
+    implement ``_fit`` and ``_predict`` and leave ``fit``/``predict`` alone. A subclass whose
+    methods take extra arguments may override ``fit``/``predict`` with its explicit signature
+    and docstring, but must delegate to ``super().fit(...)``/``super().predict(...)``.
     """
 
     name: ClassVar[str] = "model"
@@ -111,19 +114,40 @@ class Model(ABC):
         self.genes_: list[str] | None = None
         self.training_data_: dict[str, Any] | None = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "fit" in cls.__dict__:
-            cls.fit = _recording_fit(cls.__dict__["fit"])
-        if "predict" in cls.__dict__:
-            cls.predict = _checking_predict(cls.__dict__["predict"])
+    # -- interface (template methods: subclasses implement _fit and _predict)
+    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None,
+            *args: Any, **kwargs: Any) -> Self:
+        """Fit on ``train_sections`` (AnnData with counts and, for image models, the H&E).
 
-    # -- interface
-    @abstractmethod
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> Model: ...
+        ``genes``: the genes to model (default: the method's own choice, e.g. the genes all
+        training sections share). Further arguments are the method's own and are passed to
+        :meth:`_fit` unchanged. Records a summary of the training data for the model card.
+        Returns the fitted model.
+        """
+        result = self._fit(train_sections, genes, *args, **kwargs)
+        summary = training_summary(train_sections)
+        if summary is not None:
+            self.training_data_ = summary
+        return result
+
+    def predict(self, section: ad.AnnData, *args: Any, **kwargs: Any) -> ad.AnnData:
+        """Predicted expression for the spots of ``section`` (AnnData: same spot names, the
+        model's genes as var names, uncertainty in layers when the method has it).
+
+        Checks first that the section can be read at the scale the model expects
+        (:meth:`check_section`). Further arguments are the method's own and are passed to
+        :meth:`_predict` unchanged.
+        """
+        self.check_section(section)
+        return self._predict(section, *args, **kwargs)
 
     @abstractmethod
-    def predict(self, section: ad.AnnData) -> ad.AnnData: ...
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> Self:
+        """The method's training; called by :meth:`fit`. Sets ``genes_`` and returns ``self``."""
+
+    @abstractmethod
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
+        """The method's prediction; called by :meth:`predict` after :meth:`check_section`."""
 
     # -- helpers
     def _check_fitted(self) -> list[str]:
@@ -244,27 +268,6 @@ def check_section_scale(section: ad.AnnData, trained_mpp: float | None, who: str
             f"its patches are {float(mpp) / trained_mpp:.1f}x coarser, so predictions may be less accurate than "
             "on the training data. Use a higher-resolution image of the section if there is one."
         )
-
-
-def _recording_fit(fit: Any) -> Any:
-    @functools.wraps(fit)
-    def wrapper(self: Model, *args: Any, **kwargs: Any) -> Any:
-        result = fit(self, *args, **kwargs)
-        summary = training_summary(args[0] if args else kwargs.get("train_sections"))
-        if summary is not None:
-            self.training_data_ = summary
-        return result
-
-    return wrapper
-
-
-def _checking_predict(predict: Any) -> Any:
-    @functools.wraps(predict)
-    def wrapper(self: Model, section: ad.AnnData, *args: Any, **kwargs: Any) -> Any:
-        self.check_section(section)
-        return predict(self, section, *args, **kwargs)
-
-    return wrapper
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,6 +1,6 @@
 """Whole-slide prediction that streams the image and the results, so memory does not grow with area.
 
-The slide is read through :class:`~stfusion.data.patches.ImageReader`: a (pyramidal) TIFF or
+The slide is read through :class:`~stfusion.data.image.ImageReader`: a (pyramidal) TIFF or
 OME-TIFF through tifffile's zarr store, only the tiles under each patch, from the coarsest
 pyramid level that still has the resolution the model needs; JPEG/PNG through PIL as
 elsewhere. Steps:
@@ -10,12 +10,13 @@ elsewhere. Steps:
    background (mean RGB >= 235); spots whose field has no tissue pixel there are skipped.
 2. Spots: a square or hexagonal lattice over the slide, spacing in µm (default: the model's).
 3. Chunks of spots, in row order, are read at the model's field and size, kept when the
-   patch holds tissue (:func:`stfusion.models.stnet.tiling.is_tissue`), predicted, and their
+   patch holds tissue (:func:`stfusion.data.patches.is_tissue`), predicted, and their
    rows appended to a zarr group (:class:`stfusion.io.chunked.ChunkedTable`).
 4. The rows are streamed into one ``.h5ad`` written atomically (the completed-output marker
    of :mod:`stfusion.scale.batch`); ``backed="r"`` opens it without loading ``X``.
 
-Methods plug in through :mod:`stfusion.scale.adapters` (ST-Net, HisToGene).
+Methods plug in through a :class:`SlideAdapter` that the model returns from its
+``slide_adapter`` method (ST-Net, HisToGene); this module imports no model.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from stfusion import _constants as K
-from stfusion.data.patches import ImageReader, patch_box
+from stfusion.data.image import ImageReader
+from stfusion.data.patches import is_tissue, patch_box
 from stfusion.errors import ScaleError, StfusionError
 
 log = logging.getLogger("stfusion")
@@ -43,6 +45,7 @@ OVERVIEW_MAX_SIDE = 4096
 OVERVIEW_PX_PER_FIELD = 8
 OVERVIEW_WHITE = 235  # lenient background level of the overview (the patch test is stricter)
 LATTICES = ("square", "hex")
+PSEUDO_BULK_KEY = "pseudo_bulk"
 
 
 @dataclass
@@ -177,6 +180,66 @@ def level_tile_count(reader: ImageReader) -> int:
 
 
 # --------------------------------------------------------------------------- driver
+class SlideAdapter:
+    """How a method predicts a chunk of slide spots: the protocol :func:`predict_slide` drives.
+
+    A model supports whole-slide streaming by returning one of these from
+    ``model.slide_adapter(lattice=, spacing_um=, chunk_spots=, window=)`` (ST-Net:
+    :mod:`stfusion.models.stnet.slide`, HisToGene: :mod:`stfusion.models.histogene.slide`).
+    This module imports no model: it only calls that method. A subclass sets ``genes``,
+    ``field_um`` and ``out_px`` (patch side in µm and pixels), ``spacing_um`` (default lattice
+    spacing), ``expression_space`` and ``provenance`` (recorded in ``uns``), and implements
+    ``predict_chunk(reader, centers, rc, mpp)`` -> :meth:`block` rows, or None when no spot of
+    the chunk holds tissue; ``chunks`` may group the spots otherwise (default: runs of
+    ``chunk_spots`` in row order).
+    """
+
+    genes: list[str]
+    field_um: float
+    out_px: int
+    spacing_um: float
+    lattice: str
+    expression_space: str
+    provenance: dict[str, Any]
+    obsm: dict[str, str] = {}
+    pseudo_bulk_key = PSEUDO_BULK_KEY
+    name_prefix = "spot"
+
+    def __init__(self, lattice: str | None, spacing_um: float | None, chunk_spots: int) -> None:
+        self.lattice = lattice or "square"
+        if self.lattice not in LATTICES:
+            raise StfusionError(f"Unknown spot lattice {self.lattice!r}; use one of {LATTICES}.")
+        self._spacing = spacing_um
+        self.chunk_spots = max(1, int(chunk_spots))
+
+    def chunks(self, centers: np.ndarray, rc: np.ndarray, mpp: float) -> Iterator[np.ndarray]:
+        for start in range(0, len(centers), self.chunk_spots):
+            yield np.arange(start, min(start + self.chunk_spots, len(centers)))
+
+    def predict_chunk(self, reader: ImageReader, centers: np.ndarray, rc: np.ndarray, mpp: float) -> dict[str, np.ndarray] | None:
+        raise NotImplementedError
+
+    def tissue_patches(self, reader: ImageReader, centers: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+        patches = read_chunk(reader, centers, self.field_um, mpp, self.out_px)
+        keep = np.fromiter((is_tissue(p) for p in patches), dtype=bool, count=len(patches))
+        return patches[keep], keep
+
+    @staticmethod
+    def block(values: np.ndarray, centers: np.ndarray, rc: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
+        return {"X": np.asarray(values, np.float32), "spatial": centers.astype(np.float64),
+                "row": rc[:, 0].astype(np.int64), "col": rc[:, 1].astype(np.int64), **extra}  # fmt: skip
+
+
+def adapter_for(model: Any, *, lattice: str | None = None, spacing_um: float | None = None, chunk_spots: int = 256,
+                window: int | None = None) -> SlideAdapter:  # fmt: skip
+    """The slide adapter of a fitted model (``model.slide_adapter``: ST-Net, HisToGene)."""
+    if not callable(getattr(model, "slide_adapter", None)):
+        name = getattr(model, "name", type(model).__name__)
+        raise StfusionError(f"Whole-slide streaming supports stnet and histogene, not {name!r}; "
+                            "use model.predict_image for other methods.")  # fmt: skip
+    return model.slide_adapter(lattice=lattice, spacing_um=spacing_um, chunk_spots=chunk_spots, window=window)
+
+
 def predict_slide(
     model: Any,
     image: str | Path | np.ndarray,
@@ -194,7 +257,7 @@ def predict_slide(
     Parameters
     ----------
     model
-        A fitted ST-Net or HisToGene (see :func:`stfusion.scale.adapters.adapter_for`).
+        A fitted model with a ``slide_adapter`` method (ST-Net, HisToGene; see :class:`SlideAdapter`).
     image
         Slide file (pyramidal TIFF / OME-TIFF, plain TIFF, JPEG, PNG) or an RGB array.
     out
@@ -208,8 +271,6 @@ def predict_slide(
     window
         HisToGene: side of a window (grid units) predicted as one sequence (default: half its position table).
     """
-    from stfusion.scale.adapters import adapter_for
-
     start = time.perf_counter()
     mpp = resolve_mpp(image, microns_per_pixel)
     adapter = adapter_for(model, lattice=lattice, spacing_um=spacing_um, chunk_spots=chunk_spots, window=window)

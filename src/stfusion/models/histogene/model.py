@@ -54,6 +54,7 @@ from stfusion.models.base import Model, prediction_adata
 from stfusion.models.histogene import positions as P
 from stfusion.models.histogene import superres as SR
 from stfusion.models.histogene.nn import HisToGeneNet, masked_mse
+from stfusion.models.histogene.positions import smooth_neighbours
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
@@ -98,19 +99,6 @@ def pick_variant(patches: torch.Tensor, random: bool) -> torch.Tensor:
     b, n, v, _ = patches.shape
     choice = torch.randint(0, v, (b, n))
     return patches[torch.arange(b)[:, None], torch.arange(n)[None, :], choice]
-
-
-def smooth_neighbours(y: np.ndarray, pos: np.ndarray, weight: float) -> np.ndarray:
-    """``(1 - weight) * y + weight * mean of the grid neighbours`` (spots within 1.5 grid units)."""
-    from scipy.spatial import cKDTree
-
-    pairs = cKDTree(pos).query_pairs(1.5, output_type="ndarray")
-    total, count = np.zeros_like(y, dtype=np.float64), np.zeros(len(y))
-    for a, b in ((0, 1), (1, 0)):
-        np.add.at(total, pairs[:, a], y[pairs[:, b]])
-        np.add.at(count, pairs[:, a], 1)
-    neigh = np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], y)
-    return ((1 - weight) * y + weight * neigh).astype(np.float32)
 
 
 NORMALISATIONS = {"reference": "log10(1 + 1e4 x counts / spot total over the selected genes)",
@@ -267,7 +255,7 @@ class HisToGene(Model):
         return HisToGeneNet(3 * hp["patch_px"] ** 2, len(self.genes_), dim=hp["dim"], depth=hp["depth"],
                             heads=hp["heads"], dropout=hp["dropout"], grid_size=hp["grid_size"])
 
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> HisToGene:
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> HisToGene:
         from stfusion.train.loop import fit as train
         from stfusion.train.seed import seed_everything
 
@@ -336,7 +324,14 @@ class HisToGene(Model):
 
         return predict_slide_adata(self, image_path, microns_per_pixel)
 
-    def predict(self, section: ad.AnnData) -> ad.AnnData:
+    def slide_adapter(self, *, lattice: str | None = None, spacing_um: float | None = None, chunk_spots: int = 256,
+                      window: int | None = None) -> Any:  # fmt: skip
+        """How :func:`stfusion.scale.predict_slide` streams a slide through this model (windows of spots)."""
+        from stfusion.models.histogene.slide import HisToGeneSlideAdapter
+
+        return HisToGeneSlideAdapter(self, lattice, spacing_um, chunk_spots, window)
+
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
         """Predicted log1p(counts / total × 1e4) for the section's spots (HisToGene* when ``aggregate_superres``)."""
         genes = self._check_fitted()
         if self.hyperparams["aggregate_superres"]:

@@ -96,3 +96,16 @@ def section_positions(
     grid = spot_grid(section, pitch_um, use_array=use_array)
     origin = np.floor(grid.min(axis=0) + 0.5)
     return to_table(grid, origin, grid_size), origin
+
+
+def smooth_neighbours(y: np.ndarray, pos: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * y + weight * mean of the grid neighbours`` (spots within 1.5 grid units)."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(pos).query_pairs(1.5, output_type="ndarray")
+    total, count = np.zeros_like(y, dtype=np.float64), np.zeros(len(y))
+    for a, b in ((0, 1), (1, 0)):
+        np.add.at(total, pairs[:, a], y[pairs[:, b]])
+        np.add.at(count, pairs[:, a], 1)
+    neigh = np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], y)
+    return ((1 - weight) * y + weight * neigh).astype(np.float32)

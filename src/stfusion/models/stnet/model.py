@@ -43,13 +43,13 @@ from stfusion.data.normalize import normalize
 from stfusion.data.patches import read_patches
 from stfusion.data.section import library_id, section_meta, spot_coords
 from stfusion.errors import StfusionError
-from stfusion.models.backbones import make_backbone
 from stfusion.models.base import Model, prediction_adata, target_expression
+from stfusion.models.encoders import make_backbone
 from stfusion.models.stnet.nn import STNetNet, channel_stats, mse_loss, predict_arrays
 
 log = logging.getLogger("stfusion")
 
-DEFAULT_LR = 0.1  # from-scratch SGD learning rate: benchmarks/stnet_lr.md
+DEFAULT_LR = 0.1  # from-scratch SGD learning rate: benchmarks/stnet/diagnostics/lr_experiment.md
 EXPRESSION_SPACE = "stnet_log_norm"  # ln((counts + 1) / sum over all genes of (counts + 1))
 TARGETS = {  # target -> (expression space written to uns, description for the model card)
     "stnet": (EXPRESSION_SPACE, "stnet: ln((counts + 1) / T), T = sum over all genes of (counts + 1)"),
@@ -196,7 +196,7 @@ class STNet(Model):
         return read_patches(section, centers, self.config["patch_um"], self.config["out_px"])
 
     # ------------------------------------------------------------------ fit
-    def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> STNet:
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> STNet:
         sections = as_section_list(train_sections)
         genes = list(genes) if genes is not None else list(resolve_genes(250, sections))
         ys = [self.targets(s, genes) for s in sections]  # raises on missing genes
@@ -252,7 +252,7 @@ class STNet(Model):
         self._check_fitted()
         return predict_arrays(self.net_, patches, tta=self.config["tta"], progress=self.config["progress"])
 
-    def predict(self, section: ad.AnnData) -> ad.AnnData:
+    def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
         values, emb = self.predict_patches(self.patches(section))
         out = prediction_adata(section, values, genes, method=self.name, space=self.expression_space)
@@ -301,6 +301,14 @@ class STNet(Model):
             **self._provenance(),
         }
         return out
+
+    def slide_adapter(self, *, lattice: str | None = None, spacing_um: float | None = None, chunk_spots: int = 256,
+                      window: int | None = None) -> Any:  # fmt: skip
+        """How :func:`stfusion.scale.predict_slide` streams a slide through this model (spot by spot;
+        ``window`` is HisToGene's and is not used)."""
+        from stfusion.models.stnet.slide import STNetSlideAdapter
+
+        return STNetSlideAdapter(self, lattice, spacing_um, chunk_spots)
 
     # ------------------------------------------------------------------ save / load
     def image_scale(self) -> dict[str, float | None]:

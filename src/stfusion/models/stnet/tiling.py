@@ -4,6 +4,9 @@ A tile is background when the mean of its RGB channels is at least ``white`` (22
 than ``max_background_fraction`` (half) of its pixels, as in ST-Net's processing of TCGA
 slides. Tissue detection first looks at a low-resolution overview (one pixel per tile) to
 skip obviously empty regions, then checks each candidate tile at the model's resolution.
+
+The tissue test of one patch (:func:`stfusion.data.patches.is_tissue`) is shared with the
+whole-slide streaming of :mod:`stfusion.scale.slide`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stfusion.data.patches import ImageReader, patch_box
-
-WHITE = 220
-MAX_BACKGROUND_FRACTION = 0.5
+from stfusion.data.image import ImageReader
+from stfusion.data.patches import MAX_BACKGROUND_FRACTION, WHITE, is_tissue, patch_box
 
 
 @dataclass
@@ -28,16 +29,6 @@ class Tiles:
     grid_rc: np.ndarray
     patches: np.ndarray
     n_total: int
-
-
-def background_fraction(patch: np.ndarray, white: int = WHITE) -> float:
-    """Fraction of pixels whose mean RGB is at least ``white``."""
-    return float((patch[..., :3].astype(np.float32).mean(axis=-1) >= white).mean())
-
-
-def is_tissue(patch: np.ndarray, white: int = WHITE, max_background_fraction: float = MAX_BACKGROUND_FRACTION) -> bool:
-    """True unless more than ``max_background_fraction`` of the pixels are background."""
-    return background_fraction(patch, white) <= max_background_fraction
 
 
 def tile_grid(shape_hw: tuple[int, int], side_px: float) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +63,7 @@ def tissue_tiles(
 ) -> Tiles:
     """Tiles of ``field_um`` µm over the whole image, resampled to ``out_px``, tissue only.
 
-    ``image`` is a file path (any format :class:`~stfusion.data.patches.ImageReader`
+    ``image`` is a file path (any format :class:`~stfusion.data.image.ImageReader`
     reads) or an RGB array at full resolution.
     """
     if not microns_per_pixel > 0:

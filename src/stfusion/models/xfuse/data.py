@@ -329,7 +329,7 @@ def prepare_section(
 def image_section(image_path: str | Path, microns_per_pixel: float, resolution_um: float, beta: np.ndarray,
                   spot_radius_px: float = 0.0) -> SectionData:
     """An H&E-only slide at the working resolution (no spots, no counts)."""
-    from stfusion.data.patches import ImageReader
+    from stfusion.data.image import ImageReader
 
     with ImageReader(image_path) as reader:
         hw_full = tuple(reader.shape)

@@ -262,15 +262,3 @@ def build_field(sections: list, datas: list, genes: list[str]) -> GeneField:
         field.set_prior(i, xy, prior["lengthscale"], np.sqrt(prior["signal"]))
         field.seed_basis(i, eigs)
     return field
-
-
-def refit_fields(net, expr, sections: list, datas: list, seed: int, frame_px: int) -> None:
-    """Each training section's field at its MAP given the trained rest (:meth:`GeneField.refit`),
-    with the spots' ``s * a`` sums at the posterior means, as prediction computes them."""
-    from stfusion.models.xfuse import data as D
-    from stfusion.models.xfuse.predict import draw_areas
-
-    for i, (section, d) in enumerate(zip(sections, datas, strict=True)):
-        W = D.area_weights(D.area_spec(section), d.fx, d.fy, d.shape)
-        A = draw_areas(net, expr, d, W, 1, seed, frame_px=frame_px, mean=True).A[0]
-        expr.gene_field.refit(i, torch.from_numpy(A), torch.from_numpy(d.counts), expr, torch.from_numpy(d.beta))

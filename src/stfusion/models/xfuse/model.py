@@ -201,7 +201,15 @@ class XFuse(Model):
 
     def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None,
             covariates: Sequence[Mapping[str, Any]] | None = None) -> XFuse:
-        """Train on sections (counts + images). ``covariates``: one ``{name: value}`` per section."""
+        """Train on sections (counts + images). ``covariates``: one ``{name: value}`` per section.
+
+        (XFuse's signature for :meth:`Model.fit`, which records the training data for the card
+        and runs :meth:`_fit`.)
+        """
+        return super().fit(train_sections, genes, covariates=covariates)
+
+    def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None,
+             covariates: Sequence[Mapping[str, Any]] | None = None) -> XFuse:
         from stfusion.data.genes import as_section_list, shared_genes
         from stfusion.data.normalize import row_totals
         from stfusion.models.xfuse.sampling import PatchSampler
@@ -270,7 +278,7 @@ class XFuse(Model):
             self.state_["gene_field"] = self.expr_.gene_field.spec()
 
     def _refit_gene_field(self, sections: list[ad.AnnData], datas: list[D.SectionData]) -> None:
-        from stfusion.models.xfuse.gene_field import refit_fields
+        from stfusion.models.xfuse.training import refit_fields
 
         if self.expr_.gene_field is not None:
             refit_fields(self.net_, self.expr_, sections, datas, self.hyperparams["seed"], self.hyperparams["patch_px"])
@@ -319,8 +327,18 @@ class XFuse(Model):
         """Expression of the section's spots (see the module docstring for X and the layers).
 
         Works for any section with an image: one used in training, held-out spots of it,
-        or a new section (counts are not read).
+        or a new section (counts are not read). ``samples``: Monte Carlo samples (default: the
+        ``samples`` hyperparameter); ``genes``: a subset of the modelled genes; ``covariates``:
+        the section's ``{name: value}`` (default: those of the training section with the same
+        section id, else none).
+
+        (XFuse's signature for :meth:`Model.predict`, which checks the section's scale and runs
+        :meth:`_predict`.)
         """
+        return super().predict(section, samples=samples, genes=genes, covariates=covariates)
+
+    def _predict(self, section: ad.AnnData, samples: int | None = None, genes: Sequence[str] | None = None,
+                 covariates: Mapping[str, Any] | None = None) -> ad.AnnData:
         names, idx = self._gene_index(genes)
         data = self._data(section, covariates)
         W = D.area_weights(D.area_spec(section), data.fx, data.fy, data.shape)

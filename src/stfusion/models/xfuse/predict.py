@@ -18,7 +18,7 @@ levels of the U-Net see a training patch whole (2 x 2 pixels at depth 6 of a 128
 and in larger frames they see other context. On three synthetic sections (a network trained
 on 128 px patches), the expected counts summed over the measured areas came to 0.81-1.10 of
 the measured totals in 128 px frames, 0.72-1.35 in 192 px and 0.14-1.92 in 640 px frames
-(benchmarks/xfuse/frames.md). The encoder runs once per group of frames; each sample runs
+(benchmarks/xfuse/diagnostics/frames.md). The encoder runs once per group of frames; each sample runs
 the decoder.
 """
 

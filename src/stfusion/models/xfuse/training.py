@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from stfusion.models.xfuse import data as D
 from stfusion.models.xfuse.likelihood import ExpressionModel
 from stfusion.models.xfuse.metagenes import area_sums, drop_and_split
 from stfusion.models.xfuse.nn import XFuseNet
+from stfusion.models.xfuse.predict import draw_areas
 from stfusion.models.xfuse.sampling import Batch, PatchSampler
 from stfusion.train.progress_log import ProgressLog
 
@@ -187,3 +189,12 @@ def baseline_sizes(labels: np.ndarray, n_obs: int) -> np.ndarray:
     """Pixels per observation in a training label map (the initial ``sum s * a`` with s = 1)."""
     lab = labels.ravel()
     return np.bincount(lab[lab > 0] - 1, minlength=n_obs).astype(np.float64)[:n_obs]
+
+
+def refit_fields(net, expr, sections: list, datas: list, seed: int, frame_px: int) -> None:
+    """Each training section's field at its MAP given the trained rest (:meth:`GeneField.refit`),
+    with the spots' ``s * a`` sums at the posterior means, as prediction computes them."""
+    for i, (section, d) in enumerate(zip(sections, datas, strict=True)):
+        W = D.area_weights(D.area_spec(section), d.fx, d.fy, d.shape)
+        A = draw_areas(net, expr, d, W, 1, seed, frame_px=frame_px, mean=True).A[0]
+        expr.gene_field.refit(i, torch.from_numpy(A), torch.from_numpy(d.counts), expr, torch.from_numpy(d.beta))

@@ -7,11 +7,14 @@ Layout: ``conv1, bn1, relu, maxpool``, ``layer{1..4}.{i}`` blocks (``conv1, bn1,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from stfusion.models.backbones import Backbone, init_like_torchvision
+from stfusion.models.encoders.base import Backbone, init_like_torchvision
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -128,3 +131,16 @@ class ResNet(Backbone):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
+
+
+def resnet18(num_classes: int | None = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-18 (basic blocks (2, 2, 2, 2)); 11,689,512 parameters with the 1,000-class head."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, **kwargs)
+
+
+def resnet50(num_classes: int | None = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-50 (bottlenecks (3, 4, 6, 3), stride on the 3x3 conv as in torchvision).
+
+    25,557,032 parameters with the 1,000-class head.
+    """
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, **kwargs)

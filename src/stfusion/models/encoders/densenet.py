@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from stfusion.models.backbones import Backbone, init_like_torchvision
+from stfusion.models.encoders.base import Backbone, init_like_torchvision
+
+__all__ = ["DenseNet", "densenet121"]
 
 
 class _DenseLayer(nn.Module):
@@ -144,3 +147,12 @@ class DenseNet(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.features(x), inplace=True)
         return torch.flatten(F.adaptive_avg_pool2d(out, (1, 1)), 1)
+
+
+def densenet121(num_classes: int | None = 1000, **kwargs: Any) -> DenseNet:
+    """DenseNet-121 (growth 32, blocks (6, 12, 24, 16), 64 initial features, bn_size 4).
+
+    ``kwargs`` go to :class:`DenseNet` (``drop_rate``, ``memory_efficient``).
+    7,978,856 parameters with the 1,000-class head.
+    """
+    return DenseNet(32, (6, 12, 24, 16), 64, bn_size=4, num_classes=num_classes, **kwargs)
