@@ -10,5 +10,5 @@ wait
 .venv/bin/stfusion benchmark benchmarks/stnet/stnet_her2st.toml --out "$OUT"   # all cells done: writes the tables
 cp "$OUT"/summary.md "$OUT"/summary.csv "$OUT"/timings.csv benchmarks/stnet/
 cp "$OUT"/*.png benchmarks/stnet/ 2>/dev/null || true
-# learning-rate experiment (benchmarks/stnet_lr.md)
-# nice .venv/bin/python benchmarks/stnet/lr_experiment.py 8 0.01 0.1 1.0
+# learning-rate experiment (benchmarks/stnet/diagnostics/lr_experiment.md)
+# nice .venv/bin/python benchmarks/stnet/diagnostics/lr_experiment.py 8 0.01 0.1 1.0

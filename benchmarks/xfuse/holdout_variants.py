@@ -8,7 +8,7 @@ beside the Gaussian-process baseline on the hidden spots. A model that scores as
 training spots as on the hidden ones under-fits the expression; one that is much better there
 over-fits.
 
-``--save DIR`` keeps the fitted model (for ``frozen_heads.py``).
+``--save DIR`` keeps the fitted model (for ``diagnostics/frozen_heads.py``).
 
 ``--no-drop`` keeps every metagene that drop-and-split creates (the drop step is switched off;
 splits go on), to see whether more metagenes help.
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--section", default="MOB1", choices=M.SECTIONS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT, help="table path without suffix")
-    ap.add_argument("--save", type=Path, help="save the fitted model here (for frozen_heads.py)")
+    ap.add_argument("--save", type=Path, help="save the fitted model here (for diagnostics/frozen_heads.py)")
     args = ap.parse_args()
     M.set_threads(args.threads)
     prov = M.Provenance(seed=args.seed, threads=args.threads)

@@ -69,7 +69,7 @@ def run_section(name: str, args: argparse.Namespace, out: Path) -> dict:
     ma, mb = sa.mean(0), sb.mean(0)
     gene_r = M.genewise_pearson(np.vstack([ma, mb]), np.vstack([ta, tb]))
     pred_calls = _predictive_calls(draws[:, :n], draws[:, n:], ta, tb, CREDIBILITY)
-    if args.save_cases:  # per (pair, gene) case, for pairs_ceiling.py
+    if args.save_cases:  # per (pair, gene) case, for diagnostics/pairs_ceiling.py
         np.savez_compressed(out / f"mob_pairs_cases_{name}.npz", p_a_higher=(sa > sb).mean(0), mean_a=sa.mean(0),
                             mean_b=sb.mean(0), truth_a=ta, truth_b=tb, genes=np.asarray(genes))
     M.write_elbo(model.history_, out / f"mob_pairs_elbo_{name}", f"XFuse on merged pairs of {name} ({len(genes)} genes)")
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--params", default="{}", help='XFuse hyperparameters over the fast preset, JSON (e.g. \'{"expr_lr": 0.03}\')')
     ap.add_argument("--seed", type=int, default=0, help="seed of the pairing and (unless --model-seed) of the model")
     ap.add_argument("--model-seed", type=int, default=None,
-                    help="XFuse's seed alone, keeping the pairs of --seed (fits to pool in pairs_ceiling.py)")
+                    help="XFuse's seed alone, keeping the pairs of --seed (fits to pool in diagnostics/pairs_ceiling.py)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=M.HERE)
     ap.add_argument("--save-cases", action="store_true",

@@ -8,7 +8,7 @@ visible spots whether the expected counts follow the raw counts or the relative 
 
 Run (repository root, ~40 min on one thread for 6,000 steps)::
 
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/fit_terms.py --params '{"steps": 6000}' \
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/fit_terms.py --params '{"steps": 6000}' \
         --model benchmarks/runs/xfuse_fit_terms_6000
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 from holdout_variants import median_r  # noqa: E402
 

@@ -9,7 +9,7 @@ not show: room for a model that fuses the two (XFuse's premise) to beat the GP.
 
 Run (repository root, ~3 min)::
 
-    .venv/bin/python benchmarks/xfuse/gp_image_blend.py    # writes gp_image_blend.{md,json}
+    .venv/bin/python benchmarks/xfuse/diagnostics/gp_image_blend.py    # writes gp_image_blend.{md,json}
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 from holdout_variants import median_r  # noqa: E402
 
@@ -50,9 +51,9 @@ def main() -> None:
     df = pd.DataFrame([r for s in M.SECTIONS for r in section_rows(s, 0)])
     table = df.pivot(index="prediction", columns="section", values="median_r").reset_index()
     prov.stop()
-    M.write_report(M.HERE / "gp_image_blend.md", "GP and image regressions blended on the MOB 50% hold-out", prov,
+    M.write_report(HERE / "gp_image_blend.md", "GP and image regressions blended on the MOB 50% hold-out", prov,
                    "Median gene-wise Pearson r on the hidden spots (see the script's docstring).\n\n" + M.md_table(table))
-    print((M.HERE / "gp_image_blend.md").read_text())
+    print((HERE / "gp_image_blend.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Learning-rate experiment for ST-Net trained from scratch (writes benchmarks/stnet_lr.md).
+"""Learning-rate experiment for ST-Net trained from scratch (writes benchmarks/stnet/diagnostics/lr_experiment.md).
 
 Train on her2st C2 + C3, validate on C4 (785 genes), fast-preset network, SGD momentum 0.9,
 batch 32; for each learning rate: validation MSE per epoch (ST-Net space) and the mean
 gene-wise Pearson on C4 (primary target) of the best-validation-epoch weights.
-Run from the repository root: nice .venv/bin/python benchmarks/stnet/lr_experiment.py [EPOCHS] [LR ...]
+Run from the repository root: nice .venv/bin/python benchmarks/stnet/diagnostics/lr_experiment.py [EPOCHS] [LR ...]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from stfusion import io
 from stfusion.benchmark.scoring import score_histology
 from stfusion.models.stnet import STNet
 
-ROOT = Path(os.environ.get("STFUSION_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+ROOT = Path(os.environ.get("STFUSION_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def write(rows, epochs: int) -> None:
         "# ST-Net learning rate (from scratch)",
         "",
         f"Date {datetime.date.today()}, {os.cpu_count()} CPU cores (shared), seed 0. Command: "
-        f"`nice .venv/bin/python benchmarks/stnet/lr_experiment.py {epochs} {' '.join(str(r[0]) for r in rows)}`.",
+        f"`nice .venv/bin/python benchmarks/stnet/diagnostics/lr_experiment.py {epochs} {' '.join(str(r[0]) for r in rows)}`.",
         f"Train her2st C2 + C3, validate on C4, 785 genes; fast-preset network ({cfg['backbone']} width {cfg['width']}, "
         f"{cfg['out_px']} px patches of 150 µm, random init, target {cfg['target']}), SGD momentum 0.9, batch 32, {epochs} epochs, augmentation on.",
         "Validation loss = MSE on the fast preset's training target (log1p(counts / total x 1e4), the primary target); Pearson = mean/median gene-wise r on C4 (primary target), "
@@ -62,7 +62,7 @@ def write(rows, epochs: int) -> None:
     ]
     for lr, vals, best, mean_r, med_r, sec in rows:
         lines.append(f"| {lr:g} | {' '.join(f'{v:.4f}' for v in vals)} | {best} | {mean_r:.3f} | {med_r:.3f} | {sec:.0f} |")
-    out = Path(__file__).resolve().parents[1] / "stnet_lr.md"
+    out = Path(__file__).resolve().parent / "lr_experiment.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 

@@ -10,9 +10,9 @@ samples (how much the model says it does not know about the mean, as opposed to 
 
 Run (repository root, ~2 min)::
 
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/coverage.py --model benchmarks/runs/xfuse_mob_speed/model
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/coverage.py --model benchmarks/runs/xfuse_mob_speed/model
 
-Writes benchmarks/xfuse/coverage.{md,json}.
+Writes benchmarks/xfuse/diagnostics/coverage.{md,json}.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 from mob_speed import DEFAULT_MODEL  # noqa: E402
 
@@ -55,7 +56,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=M.HERE)
+    ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
     M.set_threads(args.threads)
     prov = M.Provenance(0, args.threads, model=str(args.model))

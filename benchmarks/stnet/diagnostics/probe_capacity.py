@@ -1,6 +1,6 @@
 """Capacity probe for the ST-Net fast preset on one fold (train C2, C3, C5, C6; test C4).
 
-Usage: python benchmarks/stnet/probe_capacity.py '{"width": 32, "epochs": 30}' ...
+Usage: python benchmarks/stnet/diagnostics/probe_capacity.py '{"width": 32, "epochs": 30}' ...
 Each argument is a JSON dict of STNet hyperparameters on top of preset="fast", seed 0.
 Exploratory: C4 is also a test fold of the benchmark, so these numbers are optimistic.
 """

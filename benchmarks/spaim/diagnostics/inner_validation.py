@@ -5,7 +5,7 @@ again into 5 inner folds (seed 1); each variant is fitted without an inner fold 
 (median gene-wise PCC over all inner held-out genes, Li et al. 2022 metrics). The benchmark's
 held-out genes of fold 0 are never seen.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/spaim/inner_validation.py OUT.csv [VARIANT ...]
+Usage: OMP_NUM_THREADS=1 python benchmarks/spaim/diagnostics/inner_validation.py OUT.csv [VARIANT ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from stfusion.data.splits import gene_kfold as kfold
 from stfusion.io import reference as readers
 from stfusion.models.spaim import SpaIM
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 PAIRS = {"osmfish": "stdiff_osmfish", "merfish": "spacexr_merfish", "slideseq": "spacexr_slideseq"}
 FAST = {"epochs": 100, "batch_size": 32, "hidden": (256, 128)}
 VARIANTS = {"spaim_fast": FAST, "spaim_fast_dropout": {**FAST, "dropout": 0.5}}

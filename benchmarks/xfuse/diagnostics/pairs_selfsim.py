@@ -20,7 +20,7 @@ follow the model, does the same pipeline reach the target?
 
 Run (repository root; two XFuse fits per section, ~20-30 min per section on one thread)::
 
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/pairs_selfsim.py --sections MOB1 --out benchmarks/xfuse/pairs_selfsim/MOB1
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/pairs_selfsim.py --sections MOB1 --out benchmarks/xfuse/diagnostics/pairs_selfsim/MOB1
 
 Writes ``pairs_selfsim.{md,csv,json}`` under ``--out``.
 """
@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 from mob_pairs import CREDIBILITY, _predictive_calls, member_centres, pair_arguments  # noqa: E402
 
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--generator-seed", type=int, default=0)
     ap.add_argument("--model-seed", type=int, default=1, help="seed of the XFuse fitted to the merged pairs")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=M.HERE / "pairs_selfsim")
+    ap.add_argument("--out", type=Path, default=HERE / "pairs_selfsim")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     M.set_threads(args.threads)

@@ -15,9 +15,9 @@ measures what the frame size does, in one run, with the same fitted models:
 
 Run (repository root, ~25 min on one thread)::
 
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/frames.py
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/frames.py
 
-Writes benchmarks/xfuse/frames.{md,json}.
+Writes benchmarks/xfuse/diagnostics/frames.{md,json}.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 from holdout_variants import pearson_per_gene  # noqa: E402
 
@@ -128,7 +129,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=M.HERE / "frames")
+    ap.add_argument("--out", type=Path, default=HERE / "frames")
     ap.add_argument("--render", action="store_true", help="only re-write the .md from the .json of a finished run")
     args = ap.parse_args()
     if args.render:

@@ -30,9 +30,9 @@ background pseudo-spot costs the expression fit on these features.
 Run (repository root, ~11 min on one thread after the fit)::
 
     nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/holdout_variants.py --name fast --save benchmarks/runs/xfuse_fast_mob1
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/frozen_heads.py benchmarks/runs/xfuse_fast_mob1
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/frozen_heads.py benchmarks/runs/xfuse_fast_mob1
 
-Writes benchmarks/xfuse/frozen_heads.{md,json}.
+Writes benchmarks/xfuse/diagnostics/frozen_heads.{md,json}.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 
-OUT = M.HERE / "frozen_heads"
+OUT = HERE / "frozen_heads"
 PATCH_REACH = 64  # background pixels within this many px of tissue take part (half a training patch)
 
 

@@ -30,14 +30,14 @@ members differ in measured counts:
 
 Run (repository root, seconds; the XFuse case files come from ``mob_pairs.py``)::
 
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB1 --save-cases --out benchmarks/xfuse/pairs_cases/MOB1
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB2 --save-cases --out benchmarks/xfuse/pairs_cases/MOB2
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB1 --save-cases --out benchmarks/xfuse/diagnostics/pairs_cases/MOB1
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections MOB2 --save-cases --out benchmarks/xfuse/diagnostics/pairs_cases/MOB2
     for s in MOB1 MOB2; do for k in 1 2; do    # more fits of the same pairs (any number can be pooled)
-      nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections $s --model-seed $k --save-cases --out benchmarks/xfuse/pairs_cases/${s}_model_seed_$k
+      nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/mob_pairs.py --sections $s --model-seed $k --save-cases --out benchmarks/xfuse/diagnostics/pairs_cases/${s}_model_seed_$k
     done; done
-    .venv/bin/python benchmarks/xfuse/pairs_ceiling.py --cases benchmarks/xfuse/pairs_cases
+    .venv/bin/python benchmarks/xfuse/diagnostics/pairs_ceiling.py --cases benchmarks/xfuse/diagnostics/pairs_cases
 
-Writes benchmarks/xfuse/pairs_ceiling.{md,json,csv}.
+Writes benchmarks/xfuse/diagnostics/pairs_ceiling.{md,json,csv}.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from scipy.stats import norm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent  # benchmarks/xfuse/diagnostics: results are written here
+sys.path.insert(0, str(HERE.parent))  # benchmarks/xfuse: _mob.py and the benchmark scripts
 import _mob as M  # noqa: E402
 
 CREDIBILITY = 0.95
@@ -251,7 +252,7 @@ def xfuse_rows(name: str, z, ta: np.ndarray, tb: np.ndarray, cues: dict, label: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=Path, default=None, help="folder of mob_pairs.py --save-cases files")
-    ap.add_argument("--out", type=Path, default=M.HERE)
+    ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
     prov = M.Provenance(0, 1, credibility=CREDIBILITY, cases=str(args.cases))
     df = pd.DataFrame([r for name in M.SECTIONS for r in section_rows(name, args.cases)])
