@@ -47,3 +47,7 @@ class InputFileError(StfusionError, FileNotFoundError):
 
 class OptionalDependencyError(StfusionError, ImportError):
     """A method needs an optional package that is not installed (the message names the extra to install)."""
+
+
+class ConfigError(StfusionError, ValueError):
+    """A benchmark or run configuration is invalid (the message names the key and the fix)."""

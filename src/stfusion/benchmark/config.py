@@ -11,7 +11,9 @@ Example::
     path = "her2st"                         # relative to data_root
     sections = ["C2", "C3", "C4", "C5", "C6"]
     genes = "her2st/her_hvg_cut_1000.npy"   # file (relative to data_root), or a number N
-    protocol = "leave_one_section_out"      # see stfusion.benchmark.protocols.PROTOCOLS
+    protocol = "leave_one_section_out"      # a split (stfusion.benchmark.protocols.PROTOCOLS, scored on
+                                            # the strict target) or a paper's protocol
+                                            # (stfusion.benchmark.papers.PAPER_PROTOCOLS, scored both ways)
     protocol_params = {}
     min_counts = 1                          # drop spots with fewer total counts (0/0 has no target)
 
@@ -30,15 +32,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stfusion.errors import StfusionError
+from stfusion.errors import ConfigError
+
+__all__ = ["BenchmarkConfig", "ConfigError", "DatasetSpec", "MethodSpec", "load_config"]
 
 SECTION_READERS = ("her2st", "stutility", "st", "visium", "h5ad", "xfuse_toy")
 PAIR_READERS = ("osmfish_pair", "merfish_pair", "slideseq_pair")
 TOP_LEVEL_KEYS = ("name", "seed", "data_root", "datasets", "methods")
 
 
-class ConfigError(StfusionError, ValueError):
-    """The benchmark configuration is invalid."""
 
 
 @dataclass
@@ -122,9 +124,13 @@ def _dataset(raw: dict[str, Any], i: int) -> DatasetSpec:
         raw["reader"] in SECTION_READERS + PAIR_READERS,
         f"dataset {raw['name']!r}: unknown reader {raw['reader']!r}; use one of {SECTION_READERS + PAIR_READERS}.",
     )
+    from stfusion.benchmark.papers import PAPER_PROTOCOLS
+
+    known = sorted(PROTOCOLS) + sorted(PAPER_PROTOCOLS)
     _require(
-        raw["protocol"] in PROTOCOLS,
-        f"dataset {raw['name']!r}: unknown protocol {raw['protocol']!r}; use one of {sorted(PROTOCOLS)}.",
+        raw["protocol"] in known,
+        f"dataset {raw['name']!r}: unknown protocol {raw['protocol']!r}; use one of {known} "
+        "(`stfusion methods` lists them with their sources).",
     )
     check_keys(raw, set(DatasetSpec.__dataclass_fields__), f"dataset {raw['name']!r}")
     return DatasetSpec(**raw)

@@ -166,10 +166,17 @@ def write_outputs(run_dir: str | Path) -> dict[str, Path]:
     paths = {"per_gene": run_dir / "per_gene.csv", "timings": run_dir / "timings.csv"}
     genes.to_csv(paths["per_gene"], index=False)
     timings.to_csv(paths["timings"], index=False)
-    pair = genes.protocol == "gene_kfold"
+    from stfusion.benchmark.papers import PAPER_PROTOCOLS
+
+    paper = genes.protocol.isin(list(PAPER_PROTOCOLS))
+    pair = (genes.protocol == "gene_kfold") & ~paper
     parts, md = [], ["# Benchmark summary", ""]
-    if (~pair).any():
-        hist = histology_summary(genes[~pair], timings[timings.protocol != "gene_kfold"])
+    if paper.any():
+        frames, lines = paper_summaries(genes[paper], timings, run_dir)
+        parts += frames
+        md += lines
+    if (~pair & ~paper).any():
+        hist = histology_summary(genes[~pair & ~paper], timings[~timings.protocol.isin(["gene_kfold", *PAPER_PROTOCOLS])])
         parts.append(hist)
         for dataset, df in hist.groupby("dataset"):
             show = df.drop(columns="dataset").rename(columns=HISTOLOGY_COLUMNS).sort_values("mean r", ascending=False)
@@ -184,5 +191,27 @@ def write_outputs(run_dir: str | Path) -> dict[str, Path]:
     pd.concat(parts, ignore_index=True).to_csv(paths["summary_csv"], index=False)
     paths["summary_md"] = run_dir / "summary.md"
     paths["summary_md"].write_text("\n".join(md) + "\n")
-    boxplots(genes, run_dir)
+    boxplots(genes[~paper | (genes.get("target") == "paper")], run_dir)
     return paths
+
+
+def paper_summaries(genes: pd.DataFrame, timings: pd.DataFrame, run_dir: Path) -> tuple[list[pd.DataFrame], list[str]]:
+    """Each paper protocol's own aggregation of its datasets, the published numbers beside it."""
+    from stfusion.benchmark.papers import get_protocol
+
+    resolved = run_dir / "config.resolved.json"
+    params = {d["name"]: d.get("protocol_params", {}) for d in json.loads(resolved.read_text()).get("datasets", [])} \
+        if resolved.exists() else {}  # fmt: skip
+    frames, md = [], []
+    for dataset, df in genes.groupby("dataset"):
+        protocol = get_protocol(df.protocol.iloc[0], **params.get(dataset, {}))
+        table = protocol.summarise(df)
+        t = timings[(timings.dataset == dataset) & (timings.kind == "model")].groupby("method").agg(
+            seconds=("seconds", "sum"), peak_rss_mb=("peak_rss_mb", "max"))
+        table = table.join(t, on="method") if "method" in table.columns else table
+        frames.append(table.assign(dataset=dataset, protocol=protocol.name))
+        md += [f"## {dataset} ({protocol.name}: {protocol.paper})", "", f"Protocol: {protocol.source}", "",
+               _markdown(table), ""]  # fmt: skip
+        if protocol.published:
+            md += ["Published:", "", *[f"- {k}: {v:g}" for k, v in protocol.published.items()], ""]
+    return frames, md

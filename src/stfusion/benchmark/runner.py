@@ -7,7 +7,6 @@ summary (Markdown + CSV) and boxplots are (re)written from all cells.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import platform
@@ -21,10 +20,11 @@ import pandas as pd
 
 from stfusion.benchmark.config import BenchmarkConfig, DatasetSpec, MethodSpec
 from stfusion.benchmark.measure import measure
+from stfusion.benchmark.methods import make_model
+from stfusion.benchmark.papers import PAPER_PROTOCOLS, get_protocol
 from stfusion.benchmark.protocols import PROTOCOLS, Fold
 from stfusion.benchmark.scoring import score_histology, score_imputation
 from stfusion.io.atomic import atomic_path
-from stfusion.models.registry import get as get_method
 
 log = logging.getLogger("stfusion")
 
@@ -84,6 +84,10 @@ def fold_genes(spec: DatasetSpec, cfg: BenchmarkConfig, fold: Fold) -> list[str]
 
 
 def iter_folds(spec: DatasetSpec, data: Any, seed: int) -> list[Fold]:
+    if spec.protocol in PAPER_PROTOCOLS:
+        protocol = get_protocol(spec.protocol, **spec.protocol_params)
+        protocol.check(data)
+        return protocol.folds(data, seed)
     protocol = PROTOCOLS[spec.protocol]
     params = dict(spec.protocol_params)
     if spec.protocol in ("spot_holdout", "gene_kfold"):
@@ -95,14 +99,6 @@ def iter_folds(spec: DatasetSpec, data: Any, seed: int) -> list[Fold]:
 
 
 # ----------------------------------------------------------------------------- cells
-def make_model(method: MethodSpec, seed: int) -> Any:
-    cls = get_method(method.name)
-    params = dict(method.params)
-    if "seed" in inspect.signature(cls.__init__).parameters or "seed" in getattr(cls, "default_params", {}):
-        params.setdefault("seed", seed)
-    return cls(**params)
-
-
 def _run_histology(method: MethodSpec, fold: Fold, genes: list[str], seed: int) -> pd.DataFrame:
     model = make_model(method, seed)
     model.fit(fold.train, genes=genes)
@@ -144,7 +140,11 @@ class Cell:
 def run_cell(cell: Cell, cfg: BenchmarkConfig, data: Any, out: Path) -> None:
     """Compute one cell and store its per-gene scores and timing."""
     d, f, m = cell.dataset, cell.fold, cell.method
-    if d.is_pair:
+    if d.protocol in PAPER_PROTOCOLS:
+        protocol = get_protocol(d.protocol, **d.protocol_params)
+        genes = protocol.genes(f, d.genes)
+        result, meas = measure(lambda: protocol.run(m, f, genes, cfg.seed))
+    elif d.is_pair:
         result, meas = measure(lambda: _run_imputation(m, f, data[1], cfg.seed))
     else:
         genes = fold_genes(d, cfg, f)
@@ -167,7 +167,7 @@ def plan_cells(cfg: BenchmarkConfig, dataset: DatasetSpec, folds: list[Fold]) ->
             continue
         for fold in folds:
             cells.append(Cell(dataset, fold, method, "model"))
-            if method.null_permutations > 0 and not dataset.is_pair:
+            if method.null_permutations > 0 and not dataset.is_pair and dataset.protocol not in PAPER_PROTOCOLS:
                 cells.append(Cell(dataset, fold, method, "null"))
     return cells
 

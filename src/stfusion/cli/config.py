@@ -69,8 +69,8 @@ _DEFINITIONS: dict[str, Callable] = {}  # command name -> its command function (
 
 # ----------------------------------------------------------------------------- reading
 def _error(message: str) -> Exception:
-    """A :class:`stfusion.benchmark.config.ConfigError` (imported late: the benchmark package is heavy)."""
-    from stfusion.benchmark.config import ConfigError
+    """A :class:`stfusion.errors.ConfigError` (the class :mod:`stfusion.benchmark.config` raises)."""
+    from stfusion.errors import ConfigError
 
     return ConfigError(message)
 

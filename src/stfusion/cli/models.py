@@ -173,6 +173,26 @@ def methods_cmd() -> None:
         flags = ["yes" if getattr(cls, f, False) else "no" for f in ("has_uncertainty", "has_super_resolution")]
         table.add_row(name, getattr(cls, "input_kind", "?"), *flags, getattr(cls, "description", ""))
     console().print(table)
+    console().print(protocols_table())
+
+
+def protocols_table():
+    """The benchmark protocols a config's ``protocol = "..."`` takes: stfusion's splits (scored on
+    the strict target) and the papers' protocols (scored as published and strictly)."""
+    from rich.table import Table
+
+    from stfusion.benchmark.papers import PAPER_PROTOCOLS
+    from stfusion.benchmark.protocols import PROTOCOLS
+
+    table = Table(title="Benchmark protocols (`protocol = ...` in a benchmark config)")
+    for col in ("protocol", "data", "scored on", "source"):
+        table.add_column(col, no_wrap=col != "source")
+    for name, split in PROTOCOLS.items():
+        data = "pair" if name == "gene_kfold" else "sections"
+        table.add_row(name, data, "strict target", (split.__doc__ or "").strip().splitlines()[0])
+    for name, cls in PAPER_PROTOCOLS.items():
+        table.add_row(name, cls.data_kind, "paper + strict", f"{cls.paper}; {cls.source}")
+    return table
 
 
 def demo_cmd(

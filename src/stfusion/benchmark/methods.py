@@ -1,0 +1,19 @@
+"""Models of a benchmark's ``[[methods]]`` entries, seeded by the run's seed."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from stfusion.benchmark.config import MethodSpec
+from stfusion.models.registry import get as get_method
+
+
+def make_model(method: MethodSpec, seed: int, **overrides: Any) -> Any:
+    """A new, unfitted model of ``method`` (its ``params``, then ``overrides``); ``seed`` is
+    passed when the method takes one and the entry does not set it."""
+    cls = get_method(method.name)
+    params = {**method.params, **overrides}
+    if "seed" in inspect.signature(cls.__init__).parameters or "seed" in getattr(cls, "default_params", {}):
+        params.setdefault("seed", seed)
+    return cls(**params)
