@@ -213,7 +213,7 @@ class XFuse(Model):
         from stfusion.data.genes import as_section_list, shared_genes
         from stfusion.data.normalize import row_totals
         from stfusion.models.xfuse.sampling import PatchSampler
-        from stfusion.models.xfuse.training import baseline_sizes, train
+        from stfusion.models.xfuse.training import baseline_sizes, one_metagene_warning, train
         from stfusion.train.seed import seed_everything
 
         start = time.perf_counter()
@@ -253,6 +253,8 @@ class XFuse(Model):
         self.state_.update(training_sections=names, steps_run=len(self.history_), timed_out=bool(timed_out),
                            fit_seconds=time.perf_counter() - start, metagenes=self.expr_.n_active)
         log.info("xfuse: %d steps in %.0f s, %d metagenes", len(self.history_), self.state_["fit_seconds"], self.expr_.n_active)
+        if (warning := one_metagene_warning(self.expr_.n_active, len(self.history_), hp["metagene_interval"])) is not None:
+            log.warning(warning)
         return self
 
     def _attach_field(self, datas: list[D.SectionData]) -> None:
@@ -344,6 +346,8 @@ class XFuse(Model):
         W = D.area_weights(D.area_spec(section), data.fx, data.fy, data.shape)
         stats = self._stats(self._draws(data, W, samples), idx)
         out = prediction_adata(section, stats["mean"], names, layers=self._layers(stats), method=self.name)
+        if (warning := P.constant_prediction_warning(stats["mean"], self.state_.get("metagenes"))) is not None:
+            log.warning(warning)
         return self._meta(out, samples)
 
     def predict_samples(self, section: ad.AnnData, areas: Any = None, samples: int | None = None,

@@ -318,3 +318,17 @@ def mean_maps(net: XFuseNet, expr: ExpressionModel, data: SectionData,
         s_map[a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = s.numpy()
         a_map[:, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = act.numpy()
     return s_map, a_map, (i0, i1, j0, j1)
+
+
+def constant_prediction_warning(values: np.ndarray, n_metagenes: int | None, rtol: float = 1e-3) -> str | None:
+    """A warning when predictions (spots x genes) are the same at every spot for every gene
+    (each gene's spread below ``rtol`` x its mean): the model has learnt no tissue structure."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] < 2:
+        return None
+    spread = values.max(axis=0) - values.min(axis=0)
+    if np.any(spread > rtol * np.maximum(np.abs(values).mean(axis=0), 1e-12)):
+        return None
+    return (f"xfuse: the predictions are constant over the {values.shape[0]} spots for every gene "
+            f"(metagenes: {n_metagenes}): the model learnt no tissue structure. Train longer (steps or epochs), "
+            "check that the section's image shows the tissue (stfusion plot spots), and see the fit's warnings.")

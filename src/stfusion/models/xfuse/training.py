@@ -40,6 +40,7 @@ log = logging.getLogger("stfusion")
 _LOG_2PI = float(np.log(2 * np.pi))
 IMAGE_SD_LR_FACTOR = 0.1
 EXPR_GROUP = 2  # index of the expression parameter group in make_optimizer
+SPLIT_UNTIL = 0.8  # drop-and-split rounds may split metagenes until this fraction of the steps
 SCORE_PATCHES_MAX = 32  # cap of the patches a drop-and-split round is judged on
 GRAD_CLIP = 10.0  # global gradient-norm clip of the per-pixel loss (guards against rare spikes)
 
@@ -113,7 +114,7 @@ def train(
     lr: float,
     expr_lr: float,
     metagene_interval: int,
-    split_until: float = 0.8,
+    split_until: float = SPLIT_UNTIL,
     metagene_drop: bool = True,
     kl_warmup: int = 0,
     expr_warmup: int = 0,
@@ -198,3 +199,27 @@ def refit_fields(net, expr, sections: list, datas: list, seed: int, frame_px: in
         W = D.area_weights(D.area_spec(section), d.fx, d.fy, d.shape)
         A = draw_areas(net, expr, d, W, 1, seed, frame_px=frame_px, mean=True).A[0]
         expr.gene_field.refit(i, torch.from_numpy(A), torch.from_numpy(d.counts), expr, torch.from_numpy(d.beta))
+
+
+def one_metagene_warning(n_metagenes: int, steps_run: int, metagene_interval: int | None) -> str | None:
+    """Why a fit ended with a single metagene, and what to change; None when it has more.
+
+    With one metagene every spot's expression profile is the same up to its scale, so the
+    maps show no tissue structure. Splits happen at multiples of ``metagene_interval`` below
+    ``SPLIT_UNTIL`` x the steps: a run shorter than that never splits.
+    """
+    if n_metagenes > 1:
+        return None
+    if not metagene_interval:
+        why = "metagene_interval is 0, which turns drop-and-split off"
+        fix = "set metagene_interval (e.g. steps / 10)"
+    elif metagene_interval >= SPLIT_UNTIL * steps_run:
+        why = (f"the fit ran {steps_run} steps and drop-and-split splits only at multiples of metagene_interval "
+               f"({metagene_interval}) below {SPLIT_UNTIL:.0%} of the steps, so it never split")
+        fix = (f"raise steps above {int(metagene_interval / SPLIT_UNTIL) + 1} (or lower metagene_interval below "
+               f"{max(1, int(SPLIT_UNTIL * steps_run))})")
+    else:
+        why = f"every metagene split in {steps_run} steps was dropped again as non-contributing"
+        fix = "train longer (steps) so that the image model can tell tissue types apart"
+    return (f"xfuse: the fit ended with 1 metagene, so every spot gets the same expression profile up to its scale: "
+            f"{why}. To fix: {fix}.")
