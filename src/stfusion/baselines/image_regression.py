@@ -30,6 +30,7 @@ from stfusion import _constants as K
 from stfusion.baselines.features import colour_texture_features, histogram_features, morphology_features
 from stfusion.data.genes import as_section_list, shared_genes
 from stfusion.data.patches import read_patches
+from stfusion.data.stain import StainNormalizer, standardize_per_section
 from stfusion.data.section import library_id, section_meta, spot_coords
 from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata, target_expression
@@ -101,7 +102,10 @@ class _ImageFeatureModel(Model):
         out_px = self.default_out_px if out_px is None else int(out_px)
         if not patch_um > 0 or out_px < 8:
             raise ValueError(f"patch_um must be positive and out_px at least 8, got {patch_um} and {out_px}.")
+        hyperparams.setdefault("stain_norm", "none")
+        hyperparams["per_section_features"] = bool(hyperparams.get("per_section_features", False))
         super().__init__(patch_um=float(patch_um), out_px=out_px, **hyperparams)
+        self.stain_ = StainNormalizer(hyperparams["stain_norm"])
         self.params_: dict[str, np.ndarray] = {}
 
     # -- subclass hooks
@@ -115,6 +119,15 @@ class _ImageFeatureModel(Model):
         raise NotImplementedError
 
     # -- features
+    def _patches(self, section: ad.AnnData) -> np.ndarray:
+        return read_patches(section, spot_coords(section), self.hyperparams["patch_um"], self.hyperparams["out_px"])
+
+    def _features_of(self, patches: np.ndarray) -> np.ndarray:
+        """Features of one section's patches: stain-normalised first, standardised per section
+        after, as the hyperparameters say."""
+        feats = self._compute_features(self.stain_.transform(patches))
+        return standardize_per_section(feats) if self.hyperparams["per_section_features"] else feats
+
     def features(self, section: ad.AnnData, cache: FeatureCache | None = None) -> np.ndarray:
         """Feature matrix (spots x features) of ``section``'s spots."""
         patch_um, out_px = self.hyperparams["patch_um"], self.hyperparams["out_px"]
@@ -122,8 +135,7 @@ class _ImageFeatureModel(Model):
         key = (sid, patch_um, out_px, hash(tuple(section.obs_names)))
         if cache is not None and key in cache:
             return cache[key]
-        patches = read_patches(section, spot_coords(section), patch_um, out_px)
-        feats = self._compute_features(patches)
+        feats = self._features_of(self._patches(section))
         if cache is not None:
             cache[key] = feats
         return feats
@@ -133,8 +145,9 @@ class _ImageFeatureModel(Model):
         sections = as_section_list(train_sections)
         genes = list(genes) if genes is not None else shared_genes(sections)
         y = np.vstack([target_expression(s, genes) for s in sections]).astype(np.float64)  # checks genes first
-        cache: FeatureCache = {}
-        x = np.vstack([self.features(s, cache) for s in sections])
+        raw = [self._patches(s) for s in sections]
+        self.stain_ = StainNormalizer(self.hyperparams["stain_norm"]).fit(np.concatenate(raw))
+        x = np.vstack([self._features_of(p) for p in raw])
         depth = np.concatenate([log_depth(s) for s in sections])
         keep = depth > 0  # spots without any count have no defined target (0/0)
         if keep.sum() < 3:
@@ -152,6 +165,9 @@ class _ImageFeatureModel(Model):
         values = self._predict_arrays(self.features(section, {}))
         return prediction_adata(section, values, genes, method=self.name)
 
+    def card(self) -> dict[str, Any]:
+        return {**super().card(), "stain": self.stain_.to_dict()}
+
     def save(self, directory: str | Path) -> Path:
         directory = super().save(directory)
         np.savez(directory / PARAMS_FILE, **self.params_)
@@ -163,6 +179,7 @@ class _ImageFeatureModel(Model):
         model, card = cls.from_card(directory)
         with np.load(Path(directory) / PARAMS_FILE, allow_pickle=False) as npz:
             model.params_ = {k: npz[k] for k in npz.files}
+        model.stain_ = StainNormalizer.from_dict(card.get("stain"))
         model._after_load()
         return model
 
@@ -183,9 +200,11 @@ class HistogramRegressionBaseline(_ImageFeatureModel):
     description: ClassVar[str] = "Linear regression on 5-bin RGB histograms of each spot's patch (XFuse baseline)."
 
     def __init__(
-        self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, bins: int = 5, alpha: float = 1e-4
+        self, patch_um: float = K.ST_SPOT_DIAMETER_UM, out_px: int | None = None, bins: int = 5, alpha: float = 1e-4,
+        stain_norm: str = "none",
+        per_section_features: bool = False,
     ) -> None:
-        super().__init__(patch_um, out_px, bins=int(bins), alpha=float(alpha))
+        super().__init__(patch_um, out_px, bins=int(bins), alpha=float(alpha), stain_norm=stain_norm, per_section_features=per_section_features)
 
     def _compute_features(self, patches: np.ndarray) -> np.ndarray:
         return histogram_features(patches, bins=self.hyperparams["bins"])[0]
@@ -219,6 +238,8 @@ class MorphologyForestBaseline(_ImageFeatureModel):
         n_jobs: int = 1,
         seed: int = 0,
         min_area_um2: float = 10.0,
+        stain_norm: str = "none",
+        per_section_features: bool = False,
     ) -> None:
         super().__init__(
             patch_um,
@@ -229,6 +250,8 @@ class MorphologyForestBaseline(_ImageFeatureModel):
             n_jobs=int(n_jobs),
             seed=int(seed),
             min_area_um2=float(min_area_um2),
+            stain_norm=stain_norm,
+            per_section_features=per_section_features,
         )
         self.forest_: RandomForestRegressor | None = None
 
@@ -286,10 +309,13 @@ class DepthOnlyBaseline(_ImageFeatureModel):
         alphas: Sequence[float] = DEFAULT_ALPHAS,
         gene_map: str = "observed",
         seed: int = 0,
+        stain_norm: str = "none",
+        per_section_features: bool = False,
     ) -> None:
         if gene_map not in ("predicted", "observed"):
             raise ValueError(f"gene_map must be 'predicted' or 'observed', got {gene_map!r}.")
-        super().__init__(patch_um, out_px, alphas=[float(a) for a in alphas], gene_map=gene_map, seed=int(seed))
+        super().__init__(patch_um, out_px, alphas=[float(a) for a in alphas], gene_map=gene_map, seed=int(seed),
+                         stain_norm=stain_norm, per_section_features=per_section_features)
 
     def _compute_features(self, patches: np.ndarray) -> np.ndarray:
         return colour_texture_features(patches)[0]
@@ -330,8 +356,10 @@ class ColourTextureRidgeBaseline(_ImageFeatureModel):
         patch_um: float = K.ST_SPOT_DIAMETER_UM,
         out_px: int | None = None,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
+        stain_norm: str = "none",
+        per_section_features: bool = False,
     ) -> None:
-        super().__init__(patch_um, out_px, alphas=[float(a) for a in alphas])
+        super().__init__(patch_um, out_px, alphas=[float(a) for a in alphas], stain_norm=stain_norm, per_section_features=per_section_features)
 
     def _compute_features(self, patches: np.ndarray) -> np.ndarray:
         return colour_texture_features(patches)[0]

@@ -42,6 +42,7 @@ from stfusion.data.genes import as_section_list, resolve_genes
 from stfusion.data.normalize import normalize
 from stfusion.data.patches import read_patches
 from stfusion.data.section import library_id, section_meta, spot_coords
+from stfusion.data.stain import StainNormalizer, hed_jitter
 from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata, target_expression
 from stfusion.models.encoders import make_backbone
@@ -74,16 +75,26 @@ EPOCH_SELECTION = ("none", "holdout", "refit")
 
 
 class _Patches(Dataset):
-    """uint8 patches (N, H, W, 3) and targets; items are (float image in [0, 1] CHW, target)."""
+    """uint8 patches (N, H, W, 3) and targets; items are (float image in [0, 1] CHW, target).
 
-    def __init__(self, patches: np.ndarray, y: np.ndarray) -> None:
-        self.x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)
+    ``stain_augment`` > 0: each item's haematoxylin and eosin are rescaled and shifted by up to
+    that fraction (:func:`stfusion.data.stain.hed_jitter`), drawn from a generator seeded by ``seed``.
+    """
+
+    def __init__(self, patches: np.ndarray, y: np.ndarray, stain_augment: float = 0.0, seed: int = 0) -> None:
+        self.patches = np.ascontiguousarray(patches)
+        self.x = torch.from_numpy(self.patches).permute(0, 3, 1, 2)
         self.y = torch.as_tensor(y, dtype=torch.float32)
+        self.stain_augment = float(stain_augment)
+        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stain_augment > 0:
+            patch = hed_jitter(self.patches[i : i + 1], self.rng, self.stain_augment, self.stain_augment)[0]
+            return torch.from_numpy(patch).permute(2, 0, 1).float().div(255.0), self.y[i]
         return self.x[i].float().div(255.0), self.y[i]
 
 
@@ -115,6 +126,11 @@ class STNet(Model):
     patience, tta, seed, max_time_s, progress
         Early-stopping patience, test-time augmentation, seed, wall-clock budget per
         training run, progress bar.
+    stain_norm, stain_augment
+        Stain normalisation of every patch to a reference fitted on the training patches
+        (``"none"``, ``"macenko"``, ``"reinhard"``; :class:`stfusion.data.stain.StainNormalizer`,
+        recorded in the card and applied at predict time), and HED augmentation during training
+        (stains rescaled and shifted by up to this fraction; 0 = off).
     """
 
     name: ClassVar[str] = "stnet"
@@ -140,6 +156,8 @@ class STNet(Model):
         seed: int = 0,
         max_time_s: float | None = None,
         progress: bool = False,
+        stain_norm: str = "none",
+        stain_augment: float = 0.0,
     ) -> None:
         if preset not in PRESETS:
             raise StfusionError(f"Unknown ST-Net preset {preset!r}; use one of {sorted(PRESETS)}.")
@@ -148,8 +166,12 @@ class STNet(Model):
             patch_um=float(patch_um), out_px=out_px, epochs=epochs, lr=lr, batch_size=int(batch_size),
             frozen=frozen, epoch_selection=epoch_selection, width=width, target=target, patience=int(patience),
             tta=bool(tta), seed=int(seed), max_time_s=max_time_s, progress=bool(progress),
+            stain_norm=str(stain_norm), stain_augment=float(stain_augment),
         )
         self.config = self._resolve()
+        self.stain_ = StainNormalizer(self.config["stain_norm"])
+        if not 0.0 <= self.config["stain_augment"] < 1.0:
+            raise StfusionError(f"stain_augment must be in [0, 1), got {stain_augment}.")
         self.net_: STNetNet | None = None
         self.info_: dict[str, Any] = {}
 
@@ -201,6 +223,8 @@ class STNet(Model):
         genes = list(genes) if genes is not None else list(resolve_genes(250, sections))
         ys = [self.targets(s, genes) for s in sections]  # raises on missing genes
         xs = [self.patches(s) for s in sections]
+        self.stain_ = StainNormalizer(self.config["stain_norm"]).fit(np.concatenate(xs))
+        xs = [self.stain_.transform(x) for x in xs]
         mean, std = channel_stats(np.concatenate(xs))
         log.info(f"ST-Net backbone {self.config['backbone']}: weights = {self.weights_source}")
         torch.manual_seed(self.config["seed"])
@@ -213,6 +237,7 @@ class STNet(Model):
         self.net_, self.genes_ = net, genes
         self.info_["training_sections"] = [_section_name(s) for s in sections]
         self.info_["channel_mean"], self.info_["channel_std"] = mean, std
+        self.info_["stain"] = self.stain_.to_dict()
         return self
 
     def _fit_sgd(self, net: STNetNet, xs: list[np.ndarray], ys: list[np.ndarray], n_genes: int, stats) -> tuple[STNetNet, dict]:
@@ -237,7 +262,7 @@ class STNet(Model):
         from stfusion.train.loop import fit as train_fit
 
         cfg = self.config
-        data = _Patches(np.concatenate(xs), np.concatenate(ys))
+        data = _Patches(np.concatenate(xs), np.concatenate(ys), cfg["stain_augment"], cfg["seed"])
         val_data = _Patches(*val) if val is not None else None
         return train_fit(
             net, mse_loss(augment=True), data, val_data, optimizer="sgd", lr=cfg["lr"], epochs=epochs,
@@ -248,8 +273,10 @@ class STNet(Model):
 
     # ------------------------------------------------------------------ predict
     def predict_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions N x G, embeddings N x F) for uint8 patches (N, H, W, 3)."""
+        """(predictions N x G, embeddings N x F) for uint8 patches (N, H, W, 3), stain-normalised
+        first when the model was trained so."""
         self._check_fitted()
+        patches = self.stain_.transform(patches)
         return predict_arrays(self.net_, patches, tta=self.config["tta"], progress=self.config["progress"])
 
     def _predict(self, section: ad.AnnData) -> ad.AnnData:
@@ -368,6 +395,7 @@ class STNet(Model):
         net.load_state_dict(state)
         net.eval()
         model.net_, model.genes_, model.info_ = net, list(card["genes"]), training
+        model.stain_ = StainNormalizer.from_dict(training.get("stain"))
         return model
 
 
