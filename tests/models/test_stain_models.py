@@ -10,11 +10,13 @@ from PIL import Image
 
 from stfusion.baselines.image_regression import ColourTextureRidgeBaseline
 from stfusion.data.section import fullres_path, set_fullres_image
+from stfusion.models.histogene import HisToGene
 from stfusion.models.api import load_model, save_model
 from stfusion.models.stnet import STNet
 from tests.conftest import need
 
 TINY_STNET = {"preset": "fast", "epochs": 2, "width": 8, "tta": False, "seed": 0}
+TINY_HISTOGENE = {"dim": 32, "depth": 1, "heads": 2, "patch_px": 16, "epochs": 5, "lr": 2e-3, "dropout": 0.0, "seed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,10 @@ def _shift(model, section, restained) -> float:
     ("make", "normalised"),
     [
         (lambda **kw: STNet(**TINY_STNET, **kw), {"stain_norm": "macenko"}),
+        (lambda **kw: HisToGene("fast", **TINY_HISTOGENE, **kw), {"stain_norm": "macenko"}),
         (lambda **kw: ColourTextureRidgeBaseline(**kw), {"stain_norm": "reinhard", "per_section_features": True}),
     ],
-    ids=["stnet-macenko", "ridge-reinhard-per-section"],
+    ids=["stnet-macenko", "histogene-macenko", "ridge-reinhard-per-section"],
 )
 def test_stain_handling_makes_predictions_robust_to_a_restained_slide(sections, make, normalised, tmp_path):
     torch.set_num_threads(1)
@@ -58,7 +61,7 @@ def test_stain_handling_makes_predictions_robust_to_a_restained_slide(sections, 
     before, after = _shift(plain, section, restained), _shift(robust, section, restained)
     assert after < 0.5 * before, (before, after)  # measured 0.287 -> 0.033 (ST-Net), 0.466 -> 0.028 (ridge)
     card = robust.card()
-    stain = card.get("stain") or card["training"]["stain"]
+    stain = card.get("stain") or card["training"]["stain"]  # HisToGene / baselines; ST-Net
     assert stain["method"] == normalised["stain_norm"] and stain["reference"]
     loaded = load_model(save_model(robust, tmp_path / "m"))
     np.testing.assert_allclose(loaded.predict(restained).X, robust.predict(restained).X, rtol=1e-5, atol=1e-6)

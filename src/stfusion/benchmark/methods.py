@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from stfusion.benchmark.config import MethodSpec
 from stfusion.models.registry import get as get_method
 
 
-def make_model(method: MethodSpec, seed: int, **overrides: Any) -> Any:
-    """A new, unfitted model of ``method`` (its ``params``, then ``overrides``); ``seed`` is
-    passed when the method takes one and the entry does not set it."""
+def make_model(method: Any, seed: int, **overrides: Any) -> Any:
+    """A new, unfitted model of ``method`` (a :class:`~stfusion.benchmark.config.MethodSpec`:
+    its ``name`` and ``params``, then ``overrides``); ``seed`` is passed when the method takes
+    one and the entry does not set it. Imports no other benchmark module, so the paper
+    protocols may use it."""
     cls = get_method(method.name)
     params = {**method.params, **overrides}
     if "seed" in inspect.signature(cls.__init__).parameters or "seed" in getattr(cls, "default_params", {}):

@@ -50,6 +50,7 @@ from stfusion.data.genes import as_section_list, shared_genes
 from stfusion.data.normalize import histogene_normalize, row_totals
 from stfusion.data.patches import read_patches
 from stfusion.data.section import microns_per_pixel, spot_coords, spot_diameter_px
+from stfusion.data.stain import StainNormalizer
 from stfusion.models.base import Model, prediction_adata
 from stfusion.models.histogene import positions as P
 from stfusion.models.histogene import superres as SR
@@ -133,6 +134,10 @@ class HisToGene(Model):
         HisToGene*: ``predict`` sums the super-resolved sub-patches of each spot.
     seed, max_time_s, progress
         Seed of initialisation and shuffling; wall-clock budget of training; progress bar.
+    stain_norm
+        Stain normalisation of every patch to a reference fitted on the training patches
+        (``"none"``, ``"macenko"``, ``"reinhard"``; :class:`stfusion.data.stain.StainNormalizer`,
+        recorded in the card and applied at predict time, also to whole slides).
     """
 
     name: ClassVar[str] = "histogene"
@@ -168,6 +173,7 @@ class HisToGene(Model):
         seed: int = 0,
         max_time_s: float | None = None,
         progress: bool = False,
+        stain_norm: str = "none",
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(PRESETS)}.")
@@ -182,8 +188,10 @@ class HisToGene(Model):
                   batch_size=int(batch_size), weight_decay=float(weight_decay), use_array=bool(use_array),
                   use_positions=bool(use_positions),
                   smooth_predictions=float(smooth_predictions), tta=bool(tta),
-                  aggregate_superres=bool(aggregate_superres), superres_factor=int(superres_factor), seed=int(seed))
+                  aggregate_superres=bool(aggregate_superres), superres_factor=int(superres_factor), seed=int(seed),
+                  stain_norm=str(stain_norm))
         super().__init__(**hp)
+        self.stain_ = StainNormalizer(hp["stain_norm"])
         self.max_time_s, self.progress = max_time_s, progress
         self.net_: HisToGeneNet | None = None
         self.state_: dict[str, Any] = {}
@@ -193,9 +201,15 @@ class HisToGene(Model):
     def _patches(self, section: ad.AnnData, centres: np.ndarray) -> torch.Tensor:
         """Normalised, flattened patches at ``centres`` (pixels), (n, 3 px²) float32."""
         st, hp = self.state_, self.hyperparams
-        raw = read_patches(section, centres, st["patch_um"], hp["patch_px"]).astype(np.float32) / 255.0
+        return self.pixels(read_patches(section, centres, st["patch_um"], hp["patch_px"]))
+
+    def pixels(self, patches: np.ndarray) -> torch.Tensor:
+        """uint8 patches (n, px, px, 3) as the network's tokens: stain-normalised (when the model
+        was trained so), scaled to 0-1, standardised per channel, flattened, (n, 3 px²) float32."""
+        st = self.state_
+        raw = self.stain_.transform(patches).astype(np.float32) / 255.0
         raw = (raw - np.asarray(st["pixel_mean"], np.float32)) / np.asarray(st["pixel_std"], np.float32)
-        return torch.from_numpy(raw.reshape(len(centres), -1))
+        return torch.from_numpy(raw.reshape(len(patches), -1))
 
     def _grid(self, section: ad.AnnData) -> np.ndarray:
         """Spot grid coordinates (array, or pixels binned to the training pitch), not clipped."""
@@ -264,7 +278,10 @@ class HisToGene(Model):
         self.genes_ = list(genes) if genes is not None else shared_genes(sections)
         self._setup_state(sections)
         size, px = self.state_["patch_um"], hp["patch_px"]
-        raw = [read_patches(s, spot_coords(s), size, px).astype(np.float32) / 255.0 for s in sections]
+        raw = [read_patches(s, spot_coords(s), size, px) for s in sections]
+        self.stain_ = StainNormalizer(hp["stain_norm"]).fit(np.concatenate(raw))
+        self.state_["stain"] = self.stain_.to_dict()
+        raw = [self.stain_.transform(r).astype(np.float32) / 255.0 for r in raw]
         pix = np.concatenate([r.reshape(-1, 3) for r in raw])
         self.state_["pixel_mean"] = pix.mean(axis=0).tolist()
         self.state_["pixel_std"] = np.maximum(pix.std(axis=0), 1e-3).tolist()
@@ -412,8 +429,9 @@ class HisToGene(Model):
     def load(cls, directory: str | Path) -> HisToGene:
         model, card = cls.from_card(directory)
         keys = ("patch_um", "pitch_um", "pixel_mean", "pixel_std", "training_sections", "selected_fraction",
-                "target_mean", "target_std")
+                "target_mean", "target_std", "stain")
         model.state_ = {k: card[k] for k in keys if k in card}
+        model.stain_ = StainNormalizer.from_dict(model.state_.get("stain"))
         model.net_ = model._build_net()
         state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.net_.load_state_dict(state)

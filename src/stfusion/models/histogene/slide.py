@@ -46,19 +46,14 @@ class HisToGeneSlideAdapter(SlideAdapter):
         yield from np.split(order, cuts)
 
     def predict_chunk(self, reader, centers, rc, mpp):
-        import torch
-
         patches, keep = self.tissue_patches(reader, centers, mpp)
         if not keep.any():
             return None
         centers, rc = centers[keep], rc[keep]
-        st, hp = self.model.state_, self.model.hyperparams
-        x = (patches.astype(np.float32) / 255.0 - np.asarray(st["pixel_mean"], np.float32)) / np.asarray(
-            st["pixel_std"], np.float32
-        )
+        hp = self.model.hyperparams
         g = self.grid(centers, mpp)
         pos = np.clip(g - g.min(axis=0), 0, hp["grid_size"] - 1) if hp["use_positions"] else np.zeros_like(g)
-        pred = self.model._run(torch.from_numpy(x.reshape(len(x), -1)), pos)
+        pred = self.model._run(self.model.pixels(patches), pos)
         if hp["smooth_predictions"] > 0:
             pred = smooth_neighbours(pred, g.astype(float), hp["smooth_predictions"])
         return self.block(self.model.to_eval_scale(pred), centers, rc)
