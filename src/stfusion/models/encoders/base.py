@@ -22,6 +22,14 @@ class Backbone(nn.Module):
     """
 
     head_name: ClassVar[str] = "classifier"
+    #: Words naming the published key layout, for error messages ("torchvision's", "timm's", ...).
+    layout: ClassVar[str] = "torchvision's"
+    #: Key prefixes of known checkpoint wrappers stripped on loading, and reported
+    #: (e.g. ``"dinov2."`` of a Hugging Face ``Dinov2For...`` model).
+    checkpoint_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Key prefixes of a full checkpoint that this (truncated) encoder knowingly does not use
+    #: (e.g. ``"layer4."`` for a ResNet cut after layer3); dropped on loading, and reported.
+    unused_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, n_features: int) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from torch import nn
 
 from stfusion.models.encoders.base import Backbone, init_like_torchvision
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetTrunc", "resnet18", "resnet50", "resnet50_trunc"]
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -144,3 +144,46 @@ def resnet50(num_classes: int | None = 1000, **kwargs: Any) -> ResNet:
     25,557,032 parameters with the 1,000-class head.
     """
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, **kwargs)
+
+
+class ResNetTrunc(ResNet):
+    """A ResNet cut after ``layer3``, then global average pooling (no ``layer4``, no ``fc``).
+
+    HEST-Benchmark's ImageNet baseline ``resnet50_trunc`` (Jaume et al. 2024, HEST repository
+    ``src/hest/bench/cpath_model_zoo``): timm's ``resnet50.tv_in1k`` (torchvision's ImageNet
+    weights, same key names) with ``features_only=True, out_indices=[3]`` -- the output of
+    ``layer3`` (1024 channels for ResNet-50) -- average-pooled to a 1024-d embedding.
+
+    A *full* torchvision ResNet-50 state dict loads strictly: its ``layer4.*`` keys are dropped
+    knowingly (``unused_prefixes``; listed in ``LoadReport.dropped_unused`` and logged) and its
+    ``fc.*`` keys are reported as an ignored head (``LoadReport.ignored_head``). Any other
+    missing or unexpected key still fails.
+    """
+
+    unused_prefixes = ("layer4.",)
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: Sequence[int],
+        num_classes: int | None = None,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__(block, (*layers[:3], 1), num_classes=None, zero_init_residual=zero_init_residual)
+        del self.layer4
+        self.n_features = 256 * block.expansion
+        self._set_head(num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def resnet50_trunc(
+    num_classes: int | None = None, layers: Sequence[int] = (3, 4, 6), **kwargs: Any
+) -> ResNetTrunc:
+    """ResNet-50 up to ``layer3`` + global average pooling: 1024 features, 8,543,296 parameters
+    (conv1 to layer3 of torchvision's ResNet-50); loads a full ResNet-50 state dict (see
+    :class:`ResNetTrunc`). ``layers`` (bottlenecks in layer1-3) is for reduced test models."""
+    return ResNetTrunc(Bottleneck, (*layers, 1), num_classes=num_classes, **kwargs)

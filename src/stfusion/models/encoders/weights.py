@@ -4,6 +4,13 @@ Weights are read with ``torch.load(..., weights_only=True)`` (never arbitrary pi
 from ``.safetensors`` when the ``safetensors`` package is installed. Legacy DenseNet names,
 ``module.``/``_orig_mod.`` prefixes and classification-head keys the encoder lacks are
 handled; anything else that does not fit raises :class:`WeightsError`.
+
+Encoders may declare, as class attributes of :class:`~.base.Backbone`, the key prefixes of
+known checkpoint wrappers (``checkpoint_prefixes``, e.g. ``"dinov2."`` of a Hugging Face
+``Dinov2ForImageClassification``) and the prefixes of a full checkpoint they knowingly do not
+use (``unused_prefixes``, e.g. ``"layer4."`` for a ResNet-50 cut after layer3). Both are
+applied explicitly and recorded in the :class:`LoadReport` (``stripped_prefix``,
+``dropped_unused``); no other key is ever renamed or dropped silently.
 """
 
 from __future__ import annotations
@@ -16,6 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+try:  # registered eagerly when installed, so tests and callers see one module object
+    import safetensors  # noqa: F401
+except ImportError:  # pragma: no cover - safetensors is a dependency; kept optional here
+    pass
 
 from stfusion.errors import InputFileError, StfusionError
 from stfusion.models.encoders.base import Backbone
@@ -47,6 +59,10 @@ class LoadReport:
     filled_buffers: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    #: A known wrapper prefix (``Backbone.checkpoint_prefixes``) stripped from the file's keys.
+    stripped_prefix: str | None = None
+    #: Keys of a full checkpoint the encoder knowingly does not use (``Backbone.unused_prefixes``).
+    dropped_unused: list[str] = field(default_factory=list)
 
 
 def load_weights(
@@ -69,7 +85,7 @@ def load_weights(
     state = read_state_dict(weights) if not isinstance(weights, Mapping) else dict(weights)
     state, report = _normalise_keys(state, model)
     expected = model.state_dict()
-    _check_keys(state, expected, report, strict=strict, name=name, source=source)
+    _check_keys(state, expected, report, strict=strict, name=name, source=source, layout=model.layout)
     report.loaded = list(state)
     for key in report.filled_buffers:
         state[key] = torch.zeros_like(expected[key])
@@ -77,6 +93,11 @@ def load_weights(
         state[key] = expected[key]
     model.load_state_dict(state, strict=True)
     ignored = f"; ignored head keys: {', '.join(report.ignored_head)}" if report.ignored_head else ""
+    if report.stripped_prefix:
+        ignored += f"; stripped the checkpoint prefix {report.stripped_prefix!r}"
+    if report.dropped_unused:
+        prefixes = ", ".join(model.unused_prefixes)
+        ignored += f"; dropped {len(report.dropped_unused)} keys this encoder does not use ({prefixes}*)"
     log.info(f"backbone {name}: loaded {len(report.loaded)} tensors from {source}{ignored}")
     return report
 
@@ -106,7 +127,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is a .safetensors file but the 'safetensors' package is not installed. "
             "Install it (pip install safetensors) or convert the file to a .pth state dict."
         ) from exc
-    return dict(load_file(str(path), device="cpu"))
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+        raise WeightsError(f"Cannot read {path} as a .safetensors file ({type(exc).__name__}: {exc}).") from exc
 
 
 def _is_tensor_map(obj: object) -> bool:
@@ -133,6 +157,20 @@ def _normalise_keys(
     for prefix in _WRAPPER_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
+    own_keys = set(model.state_dict())
+    for prefix in model.checkpoint_prefixes:
+        # e.g. "dinov2.embeddings.cls_token" of Dinov2ForImageClassification -> "embeddings.cls_token";
+        # keys outside the prefix (that model's "classifier.*") go on to the head/unexpected checks
+        if any(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own_keys):
+            state = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+            report.stripped_prefix = prefix
+            break
+    if model.unused_prefixes:
+        report.dropped_unused = sorted(
+            k for k in state if k.startswith(model.unused_prefixes) and k not in own_keys
+        )
+        dropped = set(report.dropped_unused)
+        state = {k: v for k, v in state.items() if k not in dropped}
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         match = _LEGACY_DENSENET.match(key)
@@ -156,6 +194,7 @@ def _check_keys(
     strict: bool,
     name: str,
     source: str,
+    layout: str = "torchvision's",
 ) -> None:
     missing = [k for k in expected if k not in state]
     report.filled_buffers = [k for k in missing if k.endswith("num_batches_tracked")]
@@ -176,7 +215,7 @@ def _check_keys(
     if problems:
         raise WeightsError(
             f"Weights from {source} do not fit backbone {name}: {'; '.join(problems)}. "
-            f"Use a state dict of torchvision's {name} layout (torch.save(model.state_dict())), "
+            f"Use a state dict of {layout} {name} layout (torch.save(model.state_dict())), "
             "or pass strict=False to skip missing/unexpected keys."
         )
     for key in report.unexpected:
