@@ -71,3 +71,16 @@ def test_sd_grows_away_from_the_training_spots():
     assert np.all(sd[1] > sd[0])
     # far from every training spot the posterior mean falls back to the training mean
     np.testing.assert_allclose(pred.X[1], target_expression(train).mean(axis=0), rtol=1e-4)
+
+
+def test_space_counts_regresses_raw_counts():
+    s = smooth_section(n_side=10, n_genes=4, seed=3)
+    train, test = holdout(s, 0.3, seed=1)
+    counts = GaussianProcessBaseline(n_lengthscales=6, space="counts").fit([train]).predict(test)
+    target = GaussianProcessBaseline(n_lengthscales=6).fit([train]).predict(test)
+    truth = test.X.toarray().astype(float)
+    assert counts.uns[K.STFUSION]["expression_space"] == "counts"
+    # predictions on the counts' scale (their mean near the measured mean), and correlated with the counts
+    assert np.allclose(counts.X.mean(axis=0), truth.mean(axis=0), rtol=0.2)
+    assert mean_pearson(counts.X, truth) > 0.5
+    assert np.allclose(target.X.mean(axis=0), target_expression(test).mean(axis=0), rtol=0.2)  # default: the target

@@ -225,3 +225,23 @@ def test_xfuse_toy_spot_holdout_interpolation_beats_constant(shared_data):
     assert all(s > 0.25 for s in scores.values()), scores
     assert scores["gaussian_process"] > scores["nearest_neighbour"], scores
     assert errors["gaussian_process"] < 0.85 * mse(const, truth), errors
+
+
+def test_space_counts_interpolates_raw_counts_and_is_recorded(tmp_path):
+    # three training spots (a triangle) and two test spots: one at the triangle's centroid, one on a training spot
+    train = make_section([[10, 10], [70, 10], [10, 70]], [[4, 0, 96], [10, 30, 60], [1, 1, 1]])
+    test = make_section([[30, 30], [70, 10]], [[1, 1, 1], [1, 1, 1]])
+    raw = np.array([[4, 0, 96], [10, 30, 60], [1, 1, 1]], float)
+    lin = LinearInterpolationBaseline(space="counts").fit([train])
+    pred = lin.predict(test)
+    assert np.allclose(pred.X, [raw.mean(axis=0), raw[1]], atol=1e-4)  # barycentric weights 1/3 each; then exact
+    assert pred.uns[K.STFUSION]["expression_space"] == "counts"
+    saved = lin.save(tmp_path / "lin")
+    assert LinearInterpolationBaseline.load(saved).card()["hyperparams"]["space"] == "counts"
+    nn = NearestNeighbourBaseline(spot_diameter_px=1.0, space="counts").fit([train]).predict(test)
+    assert np.allclose(nn.X[1], raw[1])  # a small disc lies in one Voronoi cell: that spot's counts
+    default = NearestNeighbourBaseline(spot_diameter_px=1.0).fit([train]).predict(test)
+    assert np.allclose(default.X[1], target_expression(train)[1], atol=1e-5)  # default unchanged: the target
+    assert default.uns[K.STFUSION]["expression_space"] == "log1p_cp10k"
+    with pytest.raises(StfusionError, match="space must be one of"):
+        LinearInterpolationBaseline(space="log")

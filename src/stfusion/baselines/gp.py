@@ -1,6 +1,7 @@
 """XFuse's Gaussian-process baseline: per-gene GP regression over spot coordinates (µm).
 
-Model, for each gene g with training values y_g (target space, centred by the gene's
+Model, for each gene g with training values y_g (target space, or raw counts with
+``space="counts"``; centred by the gene's
 training mean):
 
     y_g ~ N(0, s_g K_l + n_g I),   K_l(x, x') = exp(-|x - x'|² / (2 l²))
@@ -34,7 +35,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from stfusion import _constants as K
-from stfusion.baselines.interpolation import SpatialBaseline
+from stfusion.baselines.interpolation import SpatialBaseline, check_space
 from stfusion.data.section import microns_per_pixel, spot_coords
 from stfusion.errors import StfusionError
 
@@ -138,14 +139,17 @@ class GaussianProcessBaseline(SpatialBaseline):
     ----------
     n_lengthscales
         Size of the log-spaced length-scale grid searched per gene.
+    space
+        ``"target"`` (default) or ``"counts"``: regress raw counts instead of the target
+        (XFuse's comparison, :mod:`stfusion.benchmark.papers.xfuse2022`).
     """
 
     name: ClassVar[str] = "gaussian_process"
     description: ClassVar[str] = "Per-gene Gaussian process (squared-exponential kernel) over spot coordinates."
     has_uncertainty: ClassVar[bool] = True
 
-    def __init__(self, n_lengthscales: int = 16) -> None:
-        super().__init__(n_lengthscales=int(n_lengthscales))
+    def __init__(self, n_lengthscales: int = 16, space: str = "target") -> None:
+        super().__init__(n_lengthscales=int(n_lengthscales), space=check_space(space))
 
     def _fit_section(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return fit_hyperparameters(state["coords"] * state["mpp"][0], state["values"], self.hyperparams["n_lengthscales"])

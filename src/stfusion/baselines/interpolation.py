@@ -1,6 +1,8 @@
 """Non-image baselines that interpolate expression between spots (XFuse's comparisons).
 
-All predict in the target space (:func:`stfusion.models.base.target_expression`).
+All predict in the target space (:func:`stfusion.models.base.target_expression`); the spatial
+ones take ``space="counts"`` to interpolate raw counts instead (XFuse's comparisons scored
+counts; recorded in the model card's hyperparameters and the prediction's ``expression_space``).
 
 - :class:`ConstantBaseline`: each gene's mean over all training spots.
 - :class:`NearestNeighbourBaseline`: area-weighted average of the training spots whose
@@ -28,7 +30,7 @@ from scipy.spatial import QhullError, cKDTree
 from stfusion import _constants as K
 from stfusion.data.section import library_id, microns_per_pixel, spot_coords, spot_diameter_px
 from stfusion.errors import StfusionError
-from stfusion.models.base import Model, prediction_adata, target_expression
+from stfusion.models.base import Model, dense, prediction_adata, target_expression
 
 ARRAYS_FILE = "arrays.npz"
 N_DISC_SAMPLES = 200
@@ -61,6 +63,22 @@ def resolve_train_genes(train_sections: Sequence[ad.AnnData], genes: Sequence[st
 def stacked_targets(sections: Sequence[ad.AnnData], genes: Sequence[str]) -> np.ndarray:
     """Target expression of all spots of ``sections`` stacked (spots x genes, float64)."""
     return np.vstack([target_expression(s, genes).astype(np.float64) for s in sections])
+
+
+SPACES = ("target", "counts")  # what a spatial baseline interpolates: the strict target or raw counts
+
+
+def check_space(space: str) -> str:
+    if space not in SPACES:
+        raise StfusionError(f"space must be one of {SPACES}, got {space!r}.")
+    return space
+
+
+def stacked_values(sections: Sequence[ad.AnnData], genes: Sequence[str], space: str = "target") -> np.ndarray:
+    """Spots of ``sections`` stacked (spots x genes, float64): target expression, or raw counts."""
+    if check_space(space) == "target":
+        return stacked_targets(sections, genes)
+    return np.vstack([dense(s[:, list(genes)].X).astype(np.float64) for s in sections])
 
 
 def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -118,8 +136,9 @@ class ConstantBaseline(Model):
 class SpatialBaseline(Model):
     """Base of the spot hold-out baselines: keeps each training section's spot centres and targets.
 
-    ``state_[section_key]`` maps array names to arrays (``coords`` in px, ``values``);
-    subclasses add fitted arrays in :meth:`_fit_section` and use them in :meth:`_predict_section`.
+    ``state_[section_key]`` maps array names to arrays (``coords`` in px, ``values``: the
+    target, or raw counts with hyperparameter ``space="counts"``); subclasses add fitted arrays
+    in :meth:`_fit_section` and use them in :meth:`_predict_section`.
     """
 
     input_kind: ClassVar[str] = "coordinates"
@@ -133,7 +152,7 @@ class SpatialBaseline(Model):
         for key, parts in groups.items():
             state = {
                 "coords": np.vstack([spot_coords(p) for p in parts]),
-                "values": stacked_targets(parts, genes),
+                "values": stacked_values(parts, genes, self.space),
                 "mpp": np.array([microns_per_pixel(parts[0])]),
             }
             state.update(self._fit_section(state))
@@ -151,7 +170,13 @@ class SpatialBaseline(Model):
                 "of the same section (spot hold-out), or use a histology model for unseen sections."
             )
         values, layers = self._predict_section(self.state_[key], section)
-        return prediction_adata(section, values, genes, layers=layers, method=self.name)
+        space = {"counts": "counts"}.get(self.space, "log1p_cp10k")
+        return prediction_adata(section, values, genes, layers=layers, method=self.name, space=space)
+
+    @property
+    def space(self) -> str:
+        """What is interpolated: ``"target"`` (default) or ``"counts"`` (raw counts)."""
+        return check_space(self.hyperparams.get("space", "target"))
 
     def _fit_section(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {}
@@ -198,8 +223,9 @@ class NearestNeighbourBaseline(SpatialBaseline):
     name: ClassVar[str] = "nearest_neighbour"
     description: ClassVar[str] = "Voronoi-area-weighted average of the training spots overlapping each test spot."
 
-    def __init__(self, spot_diameter_px: float | None = None, n_samples: int = N_DISC_SAMPLES) -> None:
-        super().__init__(spot_diameter_px=spot_diameter_px, n_samples=int(n_samples))
+    def __init__(self, spot_diameter_px: float | None = None, n_samples: int = N_DISC_SAMPLES,
+                 space: str = "target") -> None:
+        super().__init__(spot_diameter_px=spot_diameter_px, n_samples=int(n_samples), space=check_space(space))
 
     def _predict_section(self, state, section):
         diameter = self.hyperparams["spot_diameter_px"] or spot_diameter_px(section)
@@ -230,6 +256,9 @@ class LinearInterpolationBaseline(SpatialBaseline):
 
     name: ClassVar[str] = "linear"
     description: ClassVar[str] = "Barycentric interpolation on the Delaunay triangulation of training spot centres."
+
+    def __init__(self, space: str = "target") -> None:
+        super().__init__(space=check_space(space))
 
     def _predict_section(self, state, section):
         train_xy, values = state["coords"], state["values"]

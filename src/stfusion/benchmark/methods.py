@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from stfusion.models.registry import get as get_method
+from stfusion.models import registry
 
 
 def make_model(method: Any, seed: int, **overrides: Any) -> Any:
@@ -13,7 +13,7 @@ def make_model(method: Any, seed: int, **overrides: Any) -> Any:
     its ``name`` and ``params``, then ``overrides``); ``seed`` is passed when the method takes
     one and the entry does not set it. Imports no other benchmark module, so the paper
     protocols may use it."""
-    cls = get_method(method.name)
+    cls = registry.get(method.name)
     params = {**method.params, **overrides}
     if "seed" in inspect.signature(cls.__init__).parameters or "seed" in getattr(cls, "default_params", {}):
         params.setdefault("seed", seed)

@@ -8,9 +8,14 @@ classes. A new protocol is added to :data:`_CLASSES` below.
 from __future__ import annotations
 
 from stfusion.benchmark.papers.base import PAPER, STRICT, PaperProtocol
+from stfusion.benchmark.papers.histogene2021 import HisToGene2021Her2st
+from stfusion.benchmark.papers.li2022 import Li2022Imputation
+from stfusion.benchmark.papers.xfuse2022 import XFuse2022Histology, XFuse2022Holdout, XFuse2022Pairs
 from stfusion.errors import ConfigError
 
-_CLASSES: list[type[PaperProtocol]] = []
+_CLASSES: list[type[PaperProtocol]] = [
+    XFuse2022Holdout, XFuse2022Histology, XFuse2022Pairs, HisToGene2021Her2st, Li2022Imputation,
+]
 
 PAPER_PROTOCOLS: dict[str, type[PaperProtocol]] = {cls.name: cls for cls in _CLASSES}
 
