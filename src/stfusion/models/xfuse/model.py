@@ -61,15 +61,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _image_stats(datas: list[D.SectionData]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and SD of the working images in the model's [-0.9, 0.9] range."""
-    from stfusion.models.xfuse.sampling import to_model_range
-
-    pix = np.concatenate([d.image.reshape(-1, 3) for d in datas]).astype(np.float32) / 255.0
-    x = to_model_range(torch.from_numpy(pix))
-    return x.mean(0), x.std(0).clamp_min(0.02)
-
-
 class XFuse(Model):
     """XFuse: deep generative fusion of histology and spot counts.
 
@@ -212,7 +203,7 @@ class XFuse(Model):
              covariates: Sequence[Mapping[str, Any]] | None = None) -> XFuse:
         from stfusion.data.genes import as_section_list, shared_genes
         from stfusion.data.normalize import row_totals
-        from stfusion.models.xfuse.sampling import PatchSampler
+        from stfusion.models.xfuse.sampling import PatchSampler, image_stats
         from stfusion.models.xfuse.training import baseline_sizes, one_metagene_warning, train
         from stfusion.train.seed import seed_everything
 
@@ -238,7 +229,7 @@ class XFuse(Model):
         with torch.no_grad():
             self.expr_.t.copy_(torch.from_numpy(t))
             self.expr_.u.copy_(torch.from_numpy(u))
-        self.net_.init_image_heads(*_image_stats(datas))
+        self.net_.init_image_heads(*image_stats(datas))
         self._attach_field(datas)
         self._attach_gene_field(sections, datas)
         sampler = PatchSampler(datas, hp["patch_px"], seed=hp["seed"], augment=hp["augment"])
@@ -369,18 +360,8 @@ class XFuse(Model):
             return nu
         if kind != "counts":
             raise StfusionError(f"kind must be 'mean' or 'counts', got {kind!r}.")
-        return self._predictive_counts(nu, data, idx)
-
-    def _predictive_counts(self, nu: np.ndarray, data: D.SectionData, idx: np.ndarray) -> np.ndarray:
-        """NB draws with mean ``nu``: r = nu / exp(logit), p = sigmoid(logit) (posterior-mean logit)."""
         _, expr = self._fitted()
-        draw = expr.sample(mean=True)
-        _, logit = expr.log_rate_and_logit(draw, torch.from_numpy(data.beta))
-        logit = logit.detach().numpy()[idx]
-        rng = np.random.default_rng(self.hyperparams["seed"])
-        r = np.maximum(nu / np.exp(logit), 1e-8)
-        lam = rng.gamma(shape=r, scale=np.exp(logit))
-        return rng.poisson(lam).astype(np.float32)
+        return P.predictive_counts(expr, nu, data.beta, idx, self.hyperparams["seed"])
 
     def _area_matrix(self, section: ad.AnnData, data: D.SectionData, areas: Any):
         if areas is None:

@@ -332,3 +332,15 @@ def constant_prediction_warning(values: np.ndarray, n_metagenes: int | None, rto
     return (f"xfuse: the predictions are constant over the {values.shape[0]} spots for every gene "
             f"(metagenes: {n_metagenes}): the model learnt no tissue structure. Train longer (steps or epochs), "
             "check that the section's image shows the tissue (stfusion plot spots), and see the fit's warnings.")
+
+
+def predictive_counts(expr: ExpressionModel, nu: np.ndarray, beta: np.ndarray, idx: np.ndarray, seed: int) -> np.ndarray:
+    """NB draws with mean ``nu``: r = nu / exp(logit), p = sigmoid(logit) (posterior-mean logit
+    of genes ``idx`` given the covariate indicators ``beta``), from a generator seeded by ``seed``."""
+    draw = expr.sample(mean=True)
+    _, logit = expr.log_rate_and_logit(draw, torch.from_numpy(beta))
+    logit = logit.detach().numpy()[idx]
+    rng = np.random.default_rng(seed)
+    r = np.maximum(nu / np.exp(logit), 1e-8)
+    lam = rng.gamma(shape=r, scale=np.exp(logit))
+    return rng.poisson(lam).astype(np.float32)

@@ -199,3 +199,10 @@ class PatchSampler:
             betas.append(src.beta)
         place = Placement(idx, torch.from_numpy(np.stack(centres)).float(), torch.from_numpy(np.stack(mats)).float())
         return Batch(torch.stack(imgs), torch.stack(valids), torch.stack(labels), counts, torch.stack(betas), idx, place, obs)
+
+
+def image_stats(datas: list[SectionData]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and SD of the working images in the model's [-0.9, 0.9] range."""
+    pix = np.concatenate([d.image.reshape(-1, 3) for d in datas]).astype(np.float32) / 255.0
+    x = to_model_range(torch.from_numpy(pix))
+    return x.mean(0), x.std(0).clamp_min(0.02)
