@@ -148,8 +148,10 @@ def test_histology_models_rescale_by_microns(tmp_path):
     logging.getLogger("stfusion").addHandler(handler)
     try:
         y, yr, yw = (np.asarray(model.predict(s).X).ravel() for s in (a, rescaled, wrong))
+        records[:] = [r for r in records if "coarser" in r.getMessage()]  # not the stain check's warning
         assert not records  # 2x coarser than the training section: within the limit
         model.predict(_halved(a, tmp_path, 3.0, factor=3))
+        records[:] = [r for r in records if "coarser" in r.getMessage()]
     finally:
         logging.getLogger("stfusion").removeHandler(handler)
     r_rescaled, r_wrong = np.corrcoef(y, yr)[0, 1], np.corrcoef(y, yw)[0, 1]

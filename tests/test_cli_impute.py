@@ -96,6 +96,25 @@ def test_all_missing_imputes_the_reference_genes_the_spatial_data_lacks(pair_fil
     assert out[:, out.var["imputed"].to_numpy()].layers[K.LAYER_COUNTS].nnz == 0
 
 
+def test_coverage_adds_calibrated_intervals_equal_to_the_python_api(pair_files):
+    root, ref, sp = pair_files
+    hold = ["gene_002", "gene_017", "gene_025"]
+    out = _run(root, "knn", hold, "--coverage", "0.8", "--calibration-folds", "3", out="cov.h5ad")
+    assert out.uns[K.STFUSION][K.COVERAGE]["nominal"] == pytest.approx(0.8)
+    lo, hi, x = out.layers[K.LAYER_LOWER], out.layers[K.LAYER_UPPER], out.X
+    assert (lo <= x + 1e-6).all() and (x <= hi + 1e-6).all()
+    imputed = out.var["imputed"].to_numpy()
+    assert (hi[:, imputed] - lo[:, imputed]).mean() > 0
+    np.testing.assert_array_equal(lo[:, ~imputed], x[:, ~imputed])  # measured genes: the value itself
+    train = [g for g in sp.var_names if g not in hold]
+    model = KNNReferenceImputer().fit(ref, sp[:, train].copy())
+    api = model.calibrate(ref, sp[:, train].copy(), n_folds=3, seed=0).impute(hold, coverage=0.8)
+    np.testing.assert_allclose(out[:, hold].layers[K.LAYER_UPPER], api.layers[K.LAYER_UPPER], rtol=1e-5, atol=1e-6)
+    bad = ["impute", "knn", "--reference", str(root / "ref.h5ad"), "--spatial", str(root / "sp.h5ad"),
+           "--out", str(root / "bad.h5ad"), "--coverage", "90"]  # fmt: skip
+    assert main(bad) != 0 and not (root / "bad.h5ad").exists()
+
+
 @pytest.mark.skipif(not peer_available("tangram"), reason="tangram-sc not installed (pip install 'stfusion[peers]')")
 def test_tangram_cli_equals_python_api(pair_files):
     root, ref, sp = pair_files
@@ -111,7 +130,7 @@ def test_tangram_cli_equals_python_api(pair_files):
     [
         (["nope"], "Unknown method"),
         (["spaim", "--mode", "cells"], "--mode is Tangram's option"),
-        (["knn", "--genes", "no_such_file.txt"], "neither 'all-missing' nor an existing file"),
+        (["knn", "--genes", "no_such_file.txt"], "--genes no_such_file.txt: no such file"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(pair_files, tmp_path, capsys, args, message):

@@ -52,6 +52,9 @@ SOURCE = "source"
 # layers written by preprocessing / models
 LAYER_COUNTS = "counts"
 LAYER_PRED_SD = "sd"
+LAYER_LOWER = "lower"  # layer: lower end of a prediction interval (same space as X)
+LAYER_UPPER = "upper"  # layer: upper end of a prediction interval (same space as X)
+COVERAGE = "coverage"  # uns["stfusion"]: dict of an interval's nominal coverage, calibration kind, source
 
 # uns["stfusion"] of a super-resolved grid prediction (e.g. HisToGene's predict_super_resolution)
 SUPERRES = "superres"  # dict: factor, subpatch_px, subpatch_um, ...

@@ -162,6 +162,21 @@ def test_run_scores_paper_and_strict_rows_for_a_stfusion_method():
     assert summary.AS.eq(1.0).all()  # one method: best on every metric
 
 
+def test_gene_without_reference_counts_is_scored_as_not_predicted():
+    ref, sp = _pair()
+    protocol = Li2022Imputation()
+    fold = protocol.folds((ref, sp), seed=0)[0]
+    genes = protocol.genes(fold, None)
+    x = ref.X.toarray()
+    x[:, ref.var_names.get_loc(genes[0])] = 0  # the reference never saw this test gene
+    ref.X = sparse.csr_matrix(x)
+    rows = protocol.run(MethodSpec(name="knn_reference", params={"k": 5, "n_comps": 3}), fold, genes, 0)
+    paper = rows[(rows.target == PAPER) & (rows.gene == genes[0])].set_index("metric").value
+    assert paper.to_dict() == {"PCC": 0.0, "SSIM": 0.0, "RMSE": 1.5, "JS": 1.0}  # CalculateMeteics' values
+    others = rows[(rows.target == PAPER) & (rows.gene != genes[0]) & (rows.metric == "RMSE")].value
+    assert (others != 1.5).all()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tangram") is None, reason="tangram-sc not installed (stfusion[peers])")
 def test_li_tangram_runs_on_a_tiny_pair():
     ref, sp = _pair(n_ref=60, n_sp=25)

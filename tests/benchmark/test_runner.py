@@ -151,3 +151,21 @@ def test_cell_tables_keep_text_that_looks_missing(tmp_path):
     df = read_cell_table(path)
     assert df.gene.tolist() == ["NA", "NULL"] and df.kind.tolist() == ["null", "model"]
     assert df.value.isna().tolist() == [True, False] and df.permutation.isna().tolist() == [False, True]
+
+
+def test_shards_share_one_run_without_computing_a_cell_twice(run, shared_data, tmp_path, monkeypatch):
+    cfg_path, full = run
+    monkeypatch.setenv("STFUSION_SHARED_DATA", str(shared_data))
+    out = tmp_path / "sharded"
+    assert main(["benchmark", str(cfg_path), "--out", str(out), "--no-progress", "--shard", "0/2"]) == 0
+    first = sorted(p.relative_to(out) for p in (out / "cells").rglob("*.csv"))
+    assert len(first) == 4  # cells 0, 2, 4, 6 of the 7 in the plan
+    assert main(["benchmark", str(cfg_path), "--out", str(out), "--no-progress", "--shard", "1/2"]) == 0
+    every = sorted(p.relative_to(out) for p in (out / "cells").rglob("*.csv"))
+    assert len(every) == 7 and set(first) < set(every)
+    assert every == sorted(p.relative_to(full) for p in (full / "cells").rglob("*.csv"))
+    cols = ["dataset", "fold", "method", "gene", "metric"]
+    a = pd.read_csv(out / "per_gene.csv").sort_values(cols).reset_index(drop=True)
+    b = pd.read_csv(full / "per_gene.csv").sort_values(cols).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)  # the same numbers as one process
+    assert main(["benchmark", str(cfg_path), "--out", str(out), "--shard", "2/2"]) != 0

@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 from stfusion import _constants as K
 from stfusion.benchmark.pairs import merge_neighbour_pairs
 from stfusion.data.synthetic import make_synthetic_section
+from stfusion.errors import StfusionError
 from stfusion.models.xfuse import XFuse, write_image_stack
 from stfusion.models.xfuse.outputs import preview_genes
 from stfusion.models.xfuse import data as D
@@ -268,3 +269,28 @@ def test_covariates_and_cli(synthetic, tmp_path) -> None:
     assert main([*slide, "--mask", str(tmp_path / "a.npy"), "--out", str(tmp_path / "x.h5ad")]) != 0
     assert not (tmp_path / "x.h5ad").exists()
     assert ad.read_h5ad(tmp_path / "m.h5ad").n_obs == 1
+
+
+def test_posterior_and_recalibrated_intervals(synthetic, tmp_path) -> None:
+    """Issue 26 item 3: posterior intervals X ± z SD without calibration; with fit(calibration=...)
+    the conformal recalibration scales the posterior SD (SD-normalised scores); saved and loaded
+    identically."""
+    plain = XFuse(**TINY).fit([synthetic])
+    post = plain.predict(synthetic, coverage=0.9)
+    sd = post.layers[K.LAYER_PRED_SD]
+    assert post.uns["stfusion"][K.COVERAGE]["calibration"] is None
+    np.testing.assert_allclose((post.layers[K.LAYER_UPPER] - post.X)[sd > 1e-4] / sd[sd > 1e-4], 1.6449, rtol=1e-3)
+    model = XFuse(**TINY).fit([synthetic], calibration="spots", calibration_fraction=0.5)
+    cal = model.calibration_
+    assert cal.normalised and cal.kind == "spots" and model.card()["calibration"]["kind"] == "spots"
+    assert model.training_data_["n_spots"] < synthetic.n_obs  # the calibration spots did not train it
+    pred = model.predict(synthetic, coverage=0.5)
+    lo, hi = pred.layers[K.LAYER_LOWER], pred.layers[K.LAYER_UPPER]
+    assert (lo <= pred.X).all() and (pred.X <= hi).all()
+    assert "SD-normalised" in pred.uns["stfusion"][K.COVERAGE]["interval"]
+    model.save(tmp_path / "m")
+    back = XFuse.load(tmp_path / "m").predict(synthetic, coverage=0.5)
+    np.testing.assert_array_equal(back.layers[K.LAYER_LOWER], lo)
+    np.testing.assert_array_equal(back.layers[K.LAYER_UPPER], hi)
+    with pytest.raises(StfusionError, match="calibration='spots'"):
+        XFuse(**TINY).fit([synthetic], covariates=[{"batch": "a"}], calibration="sections")

@@ -4,12 +4,18 @@ Usage: python benchmarks/stnet/diagnostics/probe_capacity.py '{"width": 32, "epo
 Each argument is a JSON dict of STNet hyperparameters on top of preset="fast", seed 0.
 Exploratory: C4 is also a test fold of the benchmark, so these numbers are optimistic.
 """
-import sys, time, json
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 from stfusion.io import read_her2st
 from stfusion.models.stnet import STNet
 from stfusion.benchmark.scoring import score_histology
-root = "/work/shared/data/her2st"
+# the shared data next to the repository (as the tests find it); STFUSION_SHARED_DATA overrides
+root = Path(os.environ.get("STFUSION_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data")) / "her2st"
 genes = list(np.load(f"{root}/her_hvg_cut_1000.npy", allow_pickle=False))
 train = [read_her2st(root, s) for s in ("C2", "C3", "C5", "C6")]
 test = read_her2st(root, "C4")

@@ -12,6 +12,10 @@ Each model reads one square patch of ``patch_um`` micrometres per spot (resample
 - :class:`ColourTextureRidgeBaseline`: ridge on simple colour/texture features.
 
 Fitted parameters are saved as ``params.npz`` beside the JSON model card (no pickle).
+
+At predict time each section's stain is compared with the training sections'
+(:mod:`stfusion.data.shift`); a section far outside logs a warning, and the measure is in
+``uns["stfusion"]["stain_shift"]`` of the prediction.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from stfusion import _constants as K
 from stfusion.baselines.features import colour_texture_features, histogram_features, morphology_features
 from stfusion.data.genes import as_section_list, shared_genes
 from stfusion.data.patches import read_patches
-from stfusion.data.stain import StainNormalizer, standardize_per_section
 from stfusion.data.section import library_id, section_meta, spot_coords
+from stfusion.data.shift import STAIN_KEY, check_shift, fit_stain_reference, stain_features
+from stfusion.data.stain import StainNormalizer, standardize_per_section
 from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata, target_expression
 
@@ -89,6 +94,10 @@ def log_depth(section: ad.AnnData) -> np.ndarray:
     return np.log1p(np.asarray(section.X.sum(axis=1), dtype=np.float64).ravel())
 
 
+def _sid(section: ad.AnnData, i: int = 0) -> str:
+    return str(section_meta(section).get(K.SECTION_ID) or library_id(section) or f"section{i}")
+
+
 # --------------------------------------------------------------------------- shared base
 class _ImageFeatureModel(Model):
     """Read patches, compute features, regress the target; subclasses choose the parts."""
@@ -106,6 +115,7 @@ class _ImageFeatureModel(Model):
         hyperparams["per_section_features"] = bool(hyperparams.get("per_section_features", False))
         super().__init__(patch_um=float(patch_um), out_px=out_px, **hyperparams)
         self.stain_ = StainNormalizer(hyperparams["stain_norm"])
+        self.stain_shift_: dict[str, Any] | None = None
         self.params_: dict[str, np.ndarray] = {}
 
     # -- subclass hooks
@@ -122,10 +132,10 @@ class _ImageFeatureModel(Model):
     def _patches(self, section: ad.AnnData) -> np.ndarray:
         return read_patches(section, spot_coords(section), self.hyperparams["patch_um"], self.hyperparams["out_px"])
 
-    def _features_of(self, patches: np.ndarray) -> np.ndarray:
-        """Features of one section's patches: stain-normalised first, standardised per section
-        after, as the hyperparameters say."""
-        feats = self._compute_features(self.stain_.transform(patches))
+    def _features_of(self, patches: np.ndarray, *, normalised: bool = False) -> np.ndarray:
+        """Features of one section's patches: stain-normalised first (unless ``normalised``:
+        they already are), standardised per section after, as the hyperparameters say."""
+        feats = self._compute_features(patches if normalised else self.stain_.transform(patches))
         return standardize_per_section(feats) if self.hyperparams["per_section_features"] else feats
 
     def features(self, section: ad.AnnData, cache: FeatureCache | None = None) -> np.ndarray:
@@ -147,7 +157,9 @@ class _ImageFeatureModel(Model):
         y = np.vstack([target_expression(s, genes) for s in sections]).astype(np.float64)  # checks genes first
         raw = [self._patches(s) for s in sections]
         self.stain_ = StainNormalizer(self.hyperparams["stain_norm"]).fit(np.concatenate(raw))
-        x = np.vstack([self._features_of(p) for p in raw])
+        raw = [self.stain_.transform(p) for p in raw]
+        self.stain_shift_ = fit_stain_reference(raw, [_sid(s, i) for i, s in enumerate(sections)])
+        x = np.vstack([self._features_of(p, normalised=True) for p in raw])
         depth = np.concatenate([log_depth(s) for s in sections])
         keep = depth > 0  # spots without any count have no defined target (0/0)
         if keep.sum() < 3:
@@ -162,11 +174,17 @@ class _ImageFeatureModel(Model):
 
     def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
-        values = self._predict_arrays(self.features(section, {}))
-        return prediction_adata(section, values, genes, method=self.name)
+        patches = self.stain_.transform(self._patches(section))
+        shift = check_shift(self.stain_shift_, stain_features(patches)[0], who=type(self).__name__,
+                            section=_sid(section), stain_norm=self.stain_.method)  # fmt: skip
+        values = self._predict_arrays(self._features_of(patches, normalised=True))
+        out = prediction_adata(section, values, genes, method=self.name)
+        if shift is not None:
+            out.uns[K.STFUSION][STAIN_KEY] = shift
+        return out
 
     def card(self) -> dict[str, Any]:
-        return {**super().card(), "stain": self.stain_.to_dict()}
+        return {**super().card(), "stain": self.stain_.to_dict(), "stain_shift_reference": self.stain_shift_}
 
     def save(self, directory: str | Path) -> Path:
         directory = super().save(directory)
@@ -180,6 +198,7 @@ class _ImageFeatureModel(Model):
         with np.load(Path(directory) / PARAMS_FILE, allow_pickle=False) as npz:
             model.params_ = {k: npz[k] for k in npz.files}
         model.stain_ = StainNormalizer.from_dict(card.get("stain"))
+        model.stain_shift_ = card.get("stain_shift_reference")
         model._after_load()
         return model
 

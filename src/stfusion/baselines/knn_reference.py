@@ -38,6 +38,7 @@ from stfusion.baselines.interpolation import load_arrays, save_arrays
 from stfusion.data.normalize import log1p_normalize_total
 from stfusion.errors import StfusionError
 from stfusion.models.base import TARGET_SUM, NotFittedError
+from stfusion.models.conformal_impute import CalibratedImputerMixin
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -50,11 +51,14 @@ def matching_features(counts) -> np.ndarray:
     return _zscore(log1p_normalize_total(counts, TARGET_SUM).astype(np.float64))
 
 
-class KNNReferenceImputer:
+class KNNReferenceImputer(CalibratedImputerMixin):
     """Impute unmeasured genes of spatial cells from their nearest reference cells.
 
     Parameters
     ----------
+    ``calibrate(reference, spatial)`` then ``impute(genes, coverage=0.9)`` adds TISSUE-style
+    interval layers (:mod:`stfusion.models.conformal_impute`).
+
     k
         Reference neighbours averaged per spatial cell (capped at the reference size).
     n_comps
@@ -92,6 +96,7 @@ class KNNReferenceImputer:
                 f"The reference and spatial data share {len(shared)} genes; at least 3 are needed. "
                 "Harmonise gene names (symbols vs IDs, case) first."
             )
+        self.calibration_ = None  # a calibration belongs to one fit
         self.ref_counts_ = sparse.csr_matrix(reference.X, dtype=np.float64)
         self.ref_genes_ = np.asarray(reference.var_names, dtype=str)
         self.shared_ = np.asarray(shared, dtype=str)
@@ -100,8 +105,10 @@ class KNNReferenceImputer:
         self.sp_obsm_ = {k: np.asarray(v) for k, v in spatial.obsm.items() if not isinstance(v, pd.DataFrame)}
         return self
 
-    def impute(self, genes: Sequence[str]) -> ad.AnnData:
-        """Spatial cells x ``genes``, in the reference's log1p-normalised space (var ``imputed`` = True)."""
+    def impute(self, genes: Sequence[str], coverage: float | None = None) -> ad.AnnData:
+        """Spatial cells x ``genes``, in the reference's log1p-normalised space (var ``imputed`` = True).
+
+        ``coverage`` (e.g. 0.9): add calibrated interval layers (needs :meth:`calibrate` first)."""
         if self.ref_counts_ is None:
             raise NotFittedError("KNNReferenceImputer is not fitted: call .fit(reference, spatial) first.")
         genes = [str(g) for g in genes]
@@ -122,7 +129,12 @@ class KNNReferenceImputer:
             feats = (self._spatial_log1p(rows, sp_cols) - mean) / sd
             neighbours = knn.kneighbors(pca.transform(feats), return_distance=False)
             out[rows] = _neighbour_mean(neighbours, values)
-        return self._wrap(out, genes)
+        return self._with_intervals(self._wrap(out, genes), coverage)
+
+    def _measured_genes(self) -> list[str]:
+        if self.ref_counts_ is None:
+            raise NotFittedError("KNNReferenceImputer is not fitted: call .fit(reference, spatial) first.")
+        return [str(g) for g in self.shared_]
 
     def _space(self, genes: Sequence[str]) -> tuple[PCA, NearestNeighbors, np.ndarray]:
         """PCA and neighbour index of the reference over the matching genes; spatial columns of those genes."""
@@ -185,6 +197,7 @@ class KNNReferenceImputer:
         arrays.update(_csr_arrays("sp", self.sp_counts_))
         arrays.update({f"obsm__{k}": v for k, v in self.sp_obsm_.items()})
         save_arrays(directory, arrays)
+        self._save_calibration(directory)
         return directory
 
     @classmethod
@@ -198,6 +211,7 @@ class KNNReferenceImputer:
         model.ref_genes_, model.shared_, model.sp_obs_names_ = a["ref_genes"], a["shared"], a["sp_obs_names"]
         model.ref_counts_, model.sp_counts_ = _csr_from(a, "ref"), _csr_from(a, "sp")
         model.sp_obsm_ = {k: a[f"obsm__{k}"] for k in card["obsm_keys"]}
+        model._load_calibration(directory)
         return model
 
 

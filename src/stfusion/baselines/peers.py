@@ -37,6 +37,7 @@ from scipy import sparse
 from stfusion import _constants as K
 from stfusion.errors import OptionalDependencyError, StfusionError
 from stfusion.models.base import NotFittedError
+from stfusion.models.conformal_impute import CalibratedImputerMixin
 from stfusion.models.spaim.model import UnimputableGenesError, imputed_anndata, log1p_expression, reference_clusters
 
 __all__ = ["GimVIImputer", "TangramImputer", "peer_available"]
@@ -119,8 +120,10 @@ def _training_genes(reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[
     return train
 
 
-class _ReferencePeer:
-    """Shared bookkeeping: gene ids, requested-gene checks, output AnnData."""
+class _ReferencePeer(CalibratedImputerMixin):
+    """Shared bookkeeping: gene ids, requested-gene checks, output AnnData, interval calibration
+    (``calibrate(reference, spatial)`` then ``impute(genes, coverage=0.9)``; see
+    :mod:`stfusion.models.conformal_impute`)."""
 
     name: ClassVar[str] = ""
     input_kind: ClassVar[str] = "reference"
@@ -129,12 +132,18 @@ class _ReferencePeer:
     expression_space: str = ""
 
     def _remember(self, reference: ad.AnnData, spatial: ad.AnnData, train: list[str]) -> None:
+        self.calibration_ = None  # a calibration belongs to one fit
         self.ref_genes_ = [str(g) for g in reference.var_names]
         self.ref_detected_ = np.asarray((reference.X > 0).sum(axis=0)).ravel() > 0
         self.genes_ = train
         self.obs_names_ = [str(c) for c in spatial.obs_names]
         self.obsm_ = {k: np.asarray(v) for k, v in spatial.obsm.items()
                       if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number)}  # fmt: skip
+
+    def _measured_genes(self) -> list[str]:
+        if not hasattr(self, "genes_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call .fit(reference, spatial) first.")
+        return list(self.genes_)
 
     def _ids(self, genes: Sequence[str]) -> list[str]:
         return [f"g{i}" for i in pd.Index(self.ref_genes_).get_indexer(list(genes))]
@@ -172,6 +181,7 @@ class _ReferencePeer:
                   "obs_names": np.asarray(self.obs_names_, dtype=str)}  # fmt: skip
         common.update({f"obsm__{k}": v for k, v in self.obsm_.items()})
         save_arrays(directory, {**common, **arrays})
+        self._save_calibration(directory)
         return directory
 
     @classmethod
@@ -188,6 +198,7 @@ class _ReferencePeer:
         model.ref_genes_, model.ref_detected_ = [str(g) for g in a["ref_genes"]], a["ref_detected"].astype(bool)
         model.genes_, model.obs_names_ = card["genes"], [str(c) for c in a["obs_names"]]
         model.obsm_ = {k: a[f"obsm__{k}"] for k in card["obsm_keys"]}
+        model._load_calibration(directory)
         return model, a
 
     def _wrap(self, values: np.ndarray, genes: list[str]) -> ad.AnnData:
@@ -291,8 +302,10 @@ class TangramImputer(_ReferencePeer):
             self.clusters_, self.clustering_ = list(names), how
         return ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(self._ids(self.ref_genes_))))
 
-    def impute(self, genes: Sequence[str]) -> ad.AnnData:
-        """Spatial cells x ``genes``: the mapped reference expression (``tg.project_genes``)."""
+    def impute(self, genes: Sequence[str], coverage: float | None = None) -> ad.AnnData:
+        """Spatial cells x ``genes``: the mapped reference expression (``tg.project_genes``).
+
+        ``coverage``: add calibrated interval layers (needs :meth:`calibrate` first)."""
         genes = self._check_request(genes)
         if not hasattr(self, "map_"):
             raise NotFittedError("TangramImputer is not fitted: call .fit(reference, spatial) first.")
@@ -303,7 +316,8 @@ class TangramImputer(_ReferencePeer):
             projected = tg.project_genes(self.map_, self.reference_[:, ids].copy(),
                                          cluster_label=CLUSTER_COLUMN if clusters else None, scale=True)  # fmt: skip
         values = projected[:, ids].X
-        return self._wrap(values.toarray() if sparse.issparse(values) else np.asarray(values), genes)
+        out = self._wrap(values.toarray() if sparse.issparse(values) else np.asarray(values), genes)
+        return self._with_intervals(out, coverage)
 
 
     def save(self, directory: str | Path) -> Path:
@@ -411,8 +425,10 @@ class GimVIImputer(_ReferencePeer):
         self.model_ = model
         return self
 
-    def impute(self, genes: Sequence[str]) -> ad.AnnData:
-        """Spatial cells x ``genes`` in the chosen read-out (see the class docstring)."""
+    def impute(self, genes: Sequence[str], coverage: float | None = None) -> ad.AnnData:
+        """Spatial cells x ``genes`` in the chosen read-out (see the class docstring).
+
+        ``coverage``: add calibrated interval layers (needs :meth:`calibrate` first)."""
         genes = self._check_request(genes)
         if not hasattr(self, "model_"):
             raise NotFittedError("GimVIImputer is not fitted: call .fit(reference, spatial) first.")
@@ -421,7 +437,7 @@ class GimVIImputer(_ReferencePeer):
             _, spatial_values = self.model_.get_imputed_values(normalized=normalized)
         values = np.asarray(spatial_values)[:, pd.Index(self.ref_genes_).get_indexer(genes)].astype(np.float64)
         values = np.log1p(values * 1e4) if normalized else np.log1p(values)
-        return self._wrap(values, genes)
+        return self._with_intervals(self._wrap(values, genes), coverage)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.json``, ``arrays.npz`` and scvi-tools' own save of the model with its data (``gimvi/``)."""

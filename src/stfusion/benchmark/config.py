@@ -22,6 +22,11 @@ Example::
     params = {}
     datasets = ["her2st_C"]                 # optional: only these datasets
     null_permutations = 0                   # >0: also fit the shuffled-label null
+    calibration = "sections"                # optional: hold out data and calibrate conformal intervals
+                                            # (Model.fit(..., calibration=...): spots | sections | patient
+                                            # | auto); the per-gene table then has coverage_50/80/90/95 and
+                                            # width_* (methods with an SD get them without: their own SD)
+    calibration_fraction = 0.2              # share of spots held out with calibration = "spots"
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class MethodSpec:
     datasets: list[str] | None = None
     null_permutations: int = 0
     label: str | None = None  # display name; default: name
+    calibration: str | None = None  # Model.fit(..., calibration=...): None (default), spots, sections, patient, auto
+    calibration_fraction: float = 0.2
 
     @property
     def display(self) -> str:
@@ -143,6 +150,10 @@ def _method(raw: dict[str, Any], i: int, dataset_names: set[str]) -> MethodSpec:
     _require(raw["name"] in REGISTRY, f"unknown method {raw['name']!r}; available: {sorted(REGISTRY)}.")
     check_keys(raw, set(MethodSpec.__dataclass_fields__), f"method {raw['name']!r}")
     spec = MethodSpec(**raw)
+    from stfusion.models.conformal import KINDS
+
+    _require(spec.calibration is None or spec.calibration in KINDS,
+             f"method {spec.name!r}: calibration must be one of {list(KINDS)}, got {spec.calibration!r}.")
     unknown = set(spec.datasets or []) - dataset_names
     _require(not unknown, f"method {spec.name!r} names unknown datasets {sorted(unknown)}.")
     return spec

@@ -40,24 +40,57 @@ def leave_one_section_out(sections: Sequence[ad.AnnData]) -> Iterator[Fold]:
         yield Fold(name=_sid(test), train=[s for j, s in enumerate(sections) if j != i], test=test)
 
 
-def leave_one_patient_out(sections: Sequence[ad.AnnData]) -> Iterator[Fold]:
-    """Train on all patients but one; each section of the held-out patient is a test fold."""
-    patients = []
-    for s in sections:
-        p = s.uns.get(K.STFUSION, {}).get(K.PATIENT)
-        if p is None:
-            raise StfusionError(
-                f"Section {_sid(s)} has no patient (uns['stfusion']['patient']); "
-                "leave-one-patient-out needs one for every section."
-            )
-        patients.append(p)
-    if len(set(patients)) < 2:
-        raise StfusionError("leave-one-patient-out needs sections from at least two patients.")
-    for p in sorted(set(patients)):
-        train = [s for s, q in zip(sections, patients) if q != p]
-        for s, q in zip(sections, patients):
+def section_patient(section: ad.AnnData) -> str:
+    """The patient of a section (``uns["stfusion"]["patient"]``, set by the readers: her2st's is the
+    section's first letter); a clear error when it is missing."""
+    p = section.uns.get(K.STFUSION, {}).get(K.PATIENT)
+    if p is None or str(p) == "":
+        raise StfusionError(
+            f"Section {_sid(section)} has no patient (uns['stfusion']['patient']); "
+            "leave-one-patient-out needs one for every section (read it with patient=..., or set it)."
+        )
+    return str(p)
+
+
+def _patients_arg(value: str | Sequence[str] | None, known: list[str], what: str) -> list[str] | None:
+    if value is None:
+        return None
+    chosen = [str(value)] if isinstance(value, str) else [str(v) for v in value]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown or not chosen:
+        raise StfusionError(f"leave-one-patient-out: {what} {unknown or chosen} not among the sections' patients {known}.")
+    return chosen
+
+
+def leave_one_patient_out(
+    sections: Sequence[ad.AnnData],
+    test_patients: str | Sequence[str] | None = None,
+    train_patients: str | Sequence[str] | None = None,
+) -> Iterator[Fold]:
+    """Hold out one patient at a time: train on the other patients' sections, test on each section
+    of the held-out patient (one fold per test section, named ``"patient:section"``).
+
+    ``test_patients``: only these patients are held out (default: every patient in turn);
+    ``train_patients``: only these patients' sections are trained on (default: all other
+    patients). On the shared her2st data, ``test_patients = ["B"]`` trains on patient C's
+    sections and tests on B4. No fold ever trains on a section of its test patient (checked).
+    """
+    patients = [section_patient(s) for s in sections]
+    known = sorted(set(patients))
+    if len(known) < 2:
+        raise StfusionError(f"leave-one-patient-out needs sections from at least two patients, got {known}.")
+    held_out = _patients_arg(test_patients, known, "test patients") or known
+    trainers = _patients_arg(train_patients, known, "training patients")
+    for p in held_out:
+        train = [s for s, q in zip(sections, patients, strict=True) if q != p and (trainers is None or q in trainers)]
+        if not train:
+            raise StfusionError(f"leave-one-patient-out: no training section left for test patient {p!r}.")
+        if any(section_patient(s) == p for s in train):  # pragma: no cover - guarded by construction
+            raise StfusionError(f"leave-one-patient-out: a section of test patient {p!r} is in its training set.")
+        for s, q in zip(sections, patients, strict=True):
             if q == p:
-                yield Fold(name=f"{p}:{_sid(s)}", train=train, test=s)
+                yield Fold(name=f"{p}:{_sid(s)}", train=train, test=s,
+                           extra={"test_patient": p, "train_patients": sorted({section_patient(t) for t in train})})
 
 
 def spot_holdout(sections: Sequence[ad.AnnData], fraction: float = 0.5, seed: int = 0) -> Iterator[Fold]:

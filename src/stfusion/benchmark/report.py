@@ -18,6 +18,10 @@ HISTOLOGY_COLUMNS = {
     "n_sig_bh": "BH-sig. genes",
     "mean_auroc": "AUROC",
     "mean_pearson_smoothed": "r vs smoothed",
+    "coverage_80": "coverage 80%",
+    "coverage_90": "coverage 90%",
+    "coverage_95": "coverage 95%",
+    "width_90": "width 90%",
     "null_mean_pearson": "null mean r (max)",
     "null_top50_pearson": "null top-50 r (max)",
     "null_n_sig_bh": "null BH-sig. (max)",
@@ -57,22 +61,26 @@ def _fold_stats_inner(df: pd.DataFrame) -> pd.Series:
 
     r = df.loc[df.metric == "pearson", "value"].to_numpy()
     p = df.loc[df.metric == "pvalue", "value"].to_numpy()
-    return pd.Series(
-        {
-            "mean_pearson": np.nanmean(r),
-            "median_pearson": np.nanmedian(r),
-            "top50_pearson": topk_mean(r, 50),
-            "n_sig_bh": significant_genes(p) if len(p) else np.nan,
-            "mean_auroc": np.nanmean(df.loc[df.metric == "auroc", "value"]),
-            "mean_pearson_smoothed": np.nanmean(df.loc[df.metric == "pearson_smoothed", "value"]),
-        }
-    )
+    stats = {
+        "mean_pearson": np.nanmean(r),
+        "median_pearson": np.nanmedian(r),
+        "top50_pearson": topk_mean(r, 50),
+        "n_sig_bh": significant_genes(p) if len(p) else np.nan,
+        "mean_auroc": np.nanmean(df.loc[df.metric == "auroc", "value"]),
+        "mean_pearson_smoothed": np.nanmean(df.loc[df.metric == "pearson_smoothed", "value"]),
+    }
+    # interval coverage (mean over genes) only where a method has intervals: other tables keep their columns
+    for metric in sorted(m for m in df.metric.unique() if str(m).startswith(("coverage_", "width_"))):
+        stats[metric] = np.nanmean(df.loc[df.metric == metric, "value"])
+    return pd.Series(stats)
 
 
 def histology_summary(genes: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, method): fold statistics averaged over folds, null beside them."""
     model = genes[genes.kind == "model"]
     per_fold = model.groupby(["dataset", "method", "fold"]).apply(_fold_stats, include_groups=False)
+    if isinstance(per_fold, pd.Series):  # folds with and without interval columns: pandas stacks them
+        per_fold = per_fold.unstack()
     summary = per_fold.groupby(["dataset", "method"]).mean()
     null = genes[genes.kind == "null"]
     if len(null):

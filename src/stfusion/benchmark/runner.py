@@ -23,7 +23,7 @@ from stfusion.benchmark.measure import measure
 from stfusion.benchmark.methods import make_model
 from stfusion.benchmark.papers import PAPER_PROTOCOLS, get_protocol
 from stfusion.benchmark.protocols import PROTOCOLS, Fold
-from stfusion.benchmark.scoring import score_histology, score_imputation
+from stfusion.benchmark.scoring import score_histology, score_imputation, score_intervals
 from stfusion.io.atomic import atomic_path
 
 log = logging.getLogger("stfusion")
@@ -100,9 +100,19 @@ def iter_folds(spec: DatasetSpec, data: Any, seed: int) -> list[Fold]:
 
 # ----------------------------------------------------------------------------- cells
 def _run_histology(method: MethodSpec, fold: Fold, genes: list[str], seed: int) -> pd.DataFrame:
+    """Per-gene scores; with a calibration (the method entry's ``calibration``) or a predicted SD,
+    also the coverage and width of the prediction intervals at 50/80/90/95% (``score_intervals``)."""
     model = make_model(method, seed)
-    model.fit(fold.train, genes=genes)
-    return score_histology(model.predict(fold.test), fold.test, genes)
+    if method.calibration is None:
+        model.fit(fold.train, genes=genes)  # unchanged: no data held out
+    else:
+        model.fit(fold.train, genes=genes, calibration=method.calibration,
+                  calibration_fraction=method.calibration_fraction)
+    pred = model.predict(fold.test)
+    scores = score_histology(pred, fold.test, genes)
+    if getattr(model, "calibration_", None) is None and "sd" not in pred.layers:
+        return scores
+    return pd.concat([scores, score_intervals(model, pred, fold.test, genes)], ignore_index=True)
 
 
 def _run_imputation(method: MethodSpec, fold: Fold, spatial_full: ad.AnnData, seed: int) -> pd.DataFrame:
@@ -187,8 +197,17 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, progress: bool = True) -> Path:
-    """Run every cell not already done, then write the tables and figures."""
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, progress: bool = True,
+                  shard: tuple[int, int] = (0, 1)) -> Path:
+    """Run every cell not already done, then write the tables and figures (from every finished cell).
+
+    ``shard=(i, n)``: run only the cells whose position in the plan (datasets, then methods,
+    then folds) is ``i`` modulo ``n``, so ``n`` processes or machines sharing ``out`` run one
+    benchmark together without computing a cell twice.
+    """
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}.")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from stfusion.benchmark.report import write_outputs
@@ -199,16 +218,22 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, progress: bool = Tru
     skipped: dict[str, str] = {}  # method label -> why it could not run
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn(), TimeRemainingColumn())
+    position = 0
     with Progress(*columns, disable=not progress, transient=False) as bar:
         for dataset in cfg.datasets:
             data = load_dataset(dataset, cfg)
             cells = plan_cells(cfg, dataset, iter_folds(dataset, data, cfg.seed))
+            mine = [c for i, c in enumerate(cells, start=position) if i % count == index]
+            position += len(cells)
+            cells = mine
             task = bar.add_task(dataset.name, total=len(cells))
             for cell in cells:
                 if not (out / "cells" / f"{cell.key}.csv").exists() and cell.method.display not in skipped:
                     bar.update(task, description=f"{dataset.name}: {cell.method.display} {cell.fold.name}")
                     _run_or_skip(cell, cfg, data, out, skipped)
                 bar.advance(task)
+    if count > 1 and (out / SKIPPED_FILE).exists():  # other shards' findings are kept
+        skipped = {**json.loads((out / SKIPPED_FILE).read_text()), **skipped}
     (out / SKIPPED_FILE).write_text(json.dumps(skipped, indent=2))
     write_outputs(out)
     return out

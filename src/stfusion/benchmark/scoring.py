@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stfusion.models.base import dense, target_expression
+from stfusion.models.conformal import LEVELS, prediction_space, truth_in_space
 
 
 def _aligned(pred: ad.AnnData, spots: Sequence[str], genes: Sequence[str]) -> np.ndarray:
@@ -36,6 +37,26 @@ def score_histology(pred: ad.AnnData, test: ad.AnnData, genes: Sequence[str]) ->
         "pearson_smoothed": _zero_where(M.pearson(smoothed, p), flat),
         "pvalue": np.where(flat, 1.0, M.pearson_pvalues(truth, p)),
     }
+    return _tidy(table, genes)
+
+
+def score_intervals(model, pred: ad.AnnData, test: ad.AnnData, genes: Sequence[str],
+                    levels: Sequence[float] = LEVELS) -> pd.DataFrame:
+    """Per gene, for each nominal level (default 50/80/90/95%): ``coverage_<pct>`` (fraction of the
+    test spots whose measured value, in the space of the prediction's ``X``, lies inside the
+    interval) and ``width_<pct>`` (mean interval width). Intervals from ``model.add_intervals``:
+    conformal when the model is calibrated, else the model's own SD."""
+    from stfusion.metrics.coverage import coverage, interval_width
+
+    sub = pred[list(test.obs_names), list(genes)].copy()
+    truth = truth_in_space(test, genes, prediction_space(sub))
+    table = {}
+    for level in levels:
+        iv = model.add_intervals(sub.copy(), level)
+        lo, hi = dense(iv.layers["lower"]).astype(float), dense(iv.layers["upper"]).astype(float)
+        pct = f"{round(100 * level):d}"
+        table[f"coverage_{pct}"] = coverage(truth, lo, hi)[0]
+        table[f"width_{pct}"] = interval_width(lo, hi)
     return _tidy(table, genes)
 
 

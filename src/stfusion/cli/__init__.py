@@ -5,7 +5,8 @@ Conventions every command follows: sections are ``.h5ad`` files made by ``stfusi
 and exit non-zero (``--debug`` shows the traceback).
 
 This module builds :data:`app` from the command modules and defines :func:`main`. Layers, each
-importing only the ones below it: :mod:`~stfusion.cli.options` (shared options and helpers),
+importing only the ones below it: :mod:`~stfusion.cli.options` (shared options and helpers) and
+:mod:`~stfusion.cli.catalog` (what ``stfusion methods`` lists, as plain data),
 :mod:`~stfusion.cli.config` (run configs and run records), the command modules
 (:mod:`~stfusion.cli.read`, :mod:`~stfusion.cli.models`, :mod:`~stfusion.cli.xfuse`,
 :mod:`~stfusion.cli.impute`, :mod:`~stfusion.cli.plot`, :mod:`~stfusion.cli.report`,
@@ -20,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from stfusion.cli import benchmark, impute, models, plot, read, report, xfuse
+from stfusion.cli import benchmark, features, impute, models, plot, read, report, xfuse
 from stfusion.cli.options import setup_logging
 
 __all__ = ["app", "main"]
@@ -31,15 +32,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: no <bool> on flags, brackets such as [selected] kept
 )
 
 COMMANDS = {  # in the order `stfusion --help` lists them
     "info": read.info_cmd,
-    "show": read.show_cmd,
     "demo": models.demo_cmd,
     "fit": models.fit_cmd,
     "predict": models.predict_cmd,
     "evaluate": models.evaluate_cmd,
+    "features": features.features_cmd,
     "benchmark": benchmark.benchmark_cmd,
     "methods": models.methods_cmd,
     "report": report.report_cmd,
@@ -48,16 +50,31 @@ COMMANDS = {  # in the order `stfusion --help` lists them
 }
 GROUPS = {"read": read.read_app, "plot": plot.plot_app}
 
+HIDDEN = {"show": plot.show_cmd}  # old names kept working (deprecated aliases), not listed
+
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
+for _name, _command in HIDDEN.items():
+    app.command(_name, hidden=True)(_command)
 for _name, _group in GROUPS.items():
     app.add_typer(_group, name=_name)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from stfusion import __version__
+
+        typer.echo(f"stfusion {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     setup_logging(logging.WARNING if quiet else logging.INFO)
 

@@ -24,8 +24,9 @@ Keys are the command's option names (``--super-resolution`` is ``super_resolutio
 (a table of lists), ``masks`` = ``mask``. Flags given on the command line override the file.
 
 Every ``fit`` writes ``MODEL_DIR/run/`` and every ``predict`` writes ``PRED.run/`` (or
-``--run-dir``): ``config.toml`` (the resolved settings; ``stfusion fit --config`` re-runs
-it), ``run.json`` (command line, seed, package versions, status, time) and ``stfusion.log``.
+``--run-dir``; a failed run ``OUT.failed-run/``, a refused one nothing): ``config.toml`` (the
+resolved settings, paths absolute; ``stfusion fit --config`` re-runs it from any folder),
+``run.json`` (command line, seed, package versions, status, time) and ``stfusion.log``.
 
 The keys of a ``[fit]``/``[predict]`` table are the parameters of the command function that
 :func:`recorded` registered under that name (``stfusion.cli.models`` defines them): this module
@@ -52,7 +53,7 @@ from typing import Annotated, Any, Optional, get_args
 
 import typer
 
-from stfusion.cli.options import genes_spec, parse_covariates, parse_params, show_progress
+from stfusion.cli.options import genes_spec, long_step, parse_covariates, parse_params, show_progress
 
 log = logging.getLogger("stfusion")
 
@@ -207,28 +208,60 @@ RunDirOpt = Annotated[
 
 # ----------------------------------------------------------------------------- running (API = CLI)
 def run_fit(*, method: str, sections: list, out: Path | None = None, genes: Any = None, preset: str | None = None,
-            epochs: int | None = None, seed: int | None = None, param: list[str] = (), covariate: list[str] = (),
+            epochs: int | None = None, seed: int | None = None, resolution_um: float | None = None,
+            missing_genes: str = "raise", param: list[str] = (), covariate: list[str] = (),
             devices: int | None = None, num_nodes: int | None = None, strategy: str | None = None,
-            progress: bool | None = None, **ignored: Any) -> Any:  # fmt: skip
+            calibration: str | None = None, calibration_fraction: float = 0.2,
+            progress: bool | None = None, config: Any = None) -> Any:  # fmt: skip
     """Fit (and save to ``out`` when given) exactly as ``stfusion fit`` does; returns the model.
-    Keys of ``stfusion fit`` that do not change the fit (e.g. ``config``) are ``ignored``."""
+    ``config`` (the file the settings came from) does not change the fit."""
+    check_method(method)  # before the heavy imports: a typo is answered at once
+    if missing_genes not in ("raise", "drop"):
+        raise typer.BadParameter(f"--missing-genes takes raise or drop, not {missing_genes!r}.")
     from stfusion.io import read_h5ad
     from stfusion.models.api import fit, save_model
     from stfusion.train.distributed import is_global_zero, trainer_settings
 
     params = parse_params(list(param))
-    for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed)):
+    for key, value in (("preset", preset), ("epochs", epochs), ("seed", seed), ("resolution_um", resolution_um)):
         if value is not None:
             params[key] = value
     data = [read_h5ad(p) for p in sections]
     covariates = parse_covariates(list(covariate), len(data))
-    with trainer_settings(devices=devices, num_nodes=num_nodes, strategy=strategy):
-        model = fit(method, data, genes=genes_spec(genes), covariates=covariates,
+    gene_list = _fit_genes(genes, data, missing_genes)
+    with trainer_settings(devices=devices, num_nodes=num_nodes, strategy=strategy), long_step(f"fitting {method}"):
+        model = fit(method, data, genes=gene_list, covariates=covariates, calibration=calibration,
+                    calibration_fraction=calibration_fraction,
                     progress=show_progress() if progress is None else progress, **params)  # fmt: skip
     if out is not None and is_global_zero():
         save_model(model, out)
         log.info(f"wrote {out} ({method}, {len(model.genes_)} genes)")
     return model
+
+
+def check_method(method: str) -> None:
+    """Refuse an unknown method name at once, before any data is read (with a "did you mean")."""
+    import difflib
+
+    from stfusion.models.registry import available
+
+    key = method.lower().replace("-", "_")
+    names = available()
+    if key in names:
+        return
+    close = difflib.get_close_matches(key.replace("_", ""), [n.replace("_", "") for n in names], n=1, cutoff=0.6)
+    hint = f" Did you mean '{next(n for n in names if n.replace('_', '') == close[0])}'?" if close else ""
+    raise typer.BadParameter(f"unknown method {method!r}.{hint} Methods: {', '.join(names)} (`stfusion methods`).",
+                             param_hint="'METHOD'")
+
+
+def _fit_genes(genes: Any, data: list, missing: str) -> list[str] | None:
+    """``--genes`` resolved against the training sections; ``--missing-genes drop`` keeps the present ones."""
+    from stfusion.data.genes import resolve_genes
+
+    if genes is None:
+        return None
+    return resolve_genes(genes_spec(genes), data, missing=missing)
 
 
 def fit_from_config(path: str | Path, **overrides: Any) -> Any:
@@ -353,8 +386,9 @@ def _run_dirs(command: str, params: dict[str, Any]) -> tuple[Path | None, Path |
     out = Path(out)
     if command == "fit":
         return out / RUN_SUBDIR, out.with_name(out.name + ".failed-run")
-    run_dir = Path(params["run_dir"]) if params.get("run_dir") else out.with_suffix(".run")
-    return run_dir, run_dir
+    if params.get("run_dir"):
+        return Path(params["run_dir"]), Path(params["run_dir"])
+    return out.with_suffix(".run"), out.with_suffix(".failed-run")  # PRED.run/ only beside a PRED.h5ad
 
 
 def _record(command: str, params: dict[str, Any], status: str, started: float) -> dict[str, Any]:
@@ -374,7 +408,9 @@ def _record(command: str, params: dict[str, Any], status: str, started: float) -
 
 def recorded(command: str) -> Callable:
     """Decorate a command: its run leaves ``config.toml``, ``run.json`` and ``stfusion.log`` in its run folder
-    (fit: ``MODEL_DIR/run``; predict: ``--run-dir`` or ``OUT.run``). A failed fit leaves them in ``OUT.failed-run``.
+    (fit: ``MODEL_DIR/run``; predict: ``--run-dir`` or ``OUT.run``). A failed run leaves them in ``OUT.failed-run``
+    (predict: in ``--run-dir`` when given); a run refused as a usage error (:class:`typer.BadParameter`,
+    raised before any work) leaves none.
     The decorated function is also registered as ``command``'s definition: its parameters are the keys
     of the ``[command]`` table of a run config (:func:`command_params`)."""
 
@@ -388,16 +424,32 @@ def recorded(command: str) -> Callable:
             try:
                 with capture_log(staging / LOG_FILE):
                     return func(**params)
+            except typer.BadParameter:  # refused before any work: nothing to record
+                status = "refused"
+                raise
             except BaseException as exc:
                 status = f"failed: {type(exc).__name__}: {exc}"
                 raise
             finally:
-                _finish_record(command, params, staging, run_dir if status == "ok" else failed_dir, status, started)
+                if status == "refused":
+                    shutil.rmtree(staging, ignore_errors=True)
+                else:
+                    _finish_record(command, params, staging, run_dir if status == "ok" else failed_dir, status, started)
 
         _DEFINITIONS[command] = wrapper
         return wrapper
 
     return decorate
+
+
+def _absolute(key: str, value: Any) -> Any:
+    """A setting as the record stores it: paths (and a gene file) absolute, so the record's
+    ``config.toml`` re-runs from any folder (a config's relative paths are read against its own folder)."""
+    if isinstance(value, (list, tuple)):
+        return [_absolute(key, v) for v in value]
+    if isinstance(value, Path) or (key in NUMBER_OR_NAME_KEYS and isinstance(value, str) and Path(value).is_file()):
+        return os.path.normpath(Path(value).expanduser().absolute())
+    return value
 
 
 def _finish_record(command: str, params: dict[str, Any], staging: Path, target: Path, status: str, started: float) -> None:
@@ -407,8 +459,7 @@ def _finish_record(command: str, params: dict[str, Any], staging: Path, target: 
         shutil.rmtree(staging, ignore_errors=True)
         return
     try:
-        resolved = {k: [str(x) for x in v] if isinstance(v, (list, tuple)) else str(v) if isinstance(v, Path) else v
-                    for k, v in params.items() if k not in SKIP_KEYS}  # fmt: skip
+        resolved = {k: _absolute(k, v) for k, v in params.items() if k not in SKIP_KEYS}
         (staging / CONFIG_FILE).write_text(f"# resolved settings of `stfusion {command}` ({status})\n"
                                            + to_toml({command: resolved}))  # fmt: skip
         (staging / RECORD_FILE).write_text(json.dumps(_record(command, params, status, started), indent=2))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from stfusion import _constants as K
-from stfusion.cli.options import parse_params, show_progress
+from stfusion.cli.options import GENES_FORMS, long_step, parse_params, show_progress
 from stfusion.errors import StfusionError
 
 if TYPE_CHECKING:
@@ -67,9 +67,63 @@ def read_spatial_h5ad(path: Path) -> tuple[ad.AnnData, sparse.csr_matrix]:
                       f"layers['{K.LAYER_COUNTS}'].")  # fmt: skip
 
 
-def resolve_genes(spec: str, reference: ad.AnnData, spatial: ad.AnnData) -> list[str]:
-    """Genes to impute: ``all-missing`` (reference genes with counts that the spatial data lacks) or a file."""
+def with_coordinates(adata: ad.AnnData, units: str | None) -> ad.AnnData:
+    """``obsm["spatial"]`` (the scanpy/squidpy key) filled from obs coordinate columns (``x_coord``/``y_coord``,
+    ``x``/``y``, ...) when missing, and ``uns["stfusion"]["coordinate_units"]`` set, so maps and scores work."""
+    from stfusion.io.reference import _obs_coords
+
+    if units not in (None, "um", "pixels", "unknown"):
+        raise typer.BadParameter(f"--coordinate-units takes um, pixels or unknown, not {units!r}.")
+    meta = dict(adata.uns.get(K.STFUSION, {}))
+    if K.SPATIAL not in adata.obsm:
+        xy = _obs_coords(adata, None, None)
+        if xy is None:
+            log.warning("The spatial data has no coordinates (obsm['spatial'] or obs x/y columns); "
+                        "the imputed genes cannot be drawn as maps.")  # fmt: skip
+            return adata
+        adata.obsm[K.SPATIAL] = xy
+    if units is not None or K.COORDINATE_UNITS not in meta:
+        meta[K.COORDINATE_UNITS] = units or "unknown"
+    adata.uns[K.STFUSION] = meta
+    return adata
+
+
+def refuse_swapped(reference_path: Path, spatial: ad.AnnData) -> None:
+    """Spatial data without coordinates next to a 'reference' that has them: the two were given swapped."""
+    import anndata as ad
+
+    from stfusion.io.reference import _obs_coords
+
+    if K.SPATIAL in spatial.obsm or _obs_coords(spatial, None, None) is not None:
+        return
+    if Path(reference_path).suffix != ".h5ad":
+        return
+    ref = ad.read_h5ad(reference_path, backed="r")
+    has_xy = K.SPATIAL in ref.obsm or _obs_coords(ad.AnnData(obs=ref.obs), None, None) is not None
+    ref.file.close()
+    if has_xy:
+        raise typer.BadParameter(f"--reference {reference_path} has cell coordinates and --spatial has none: the two "
+                                 "look swapped. Give the scRNA-seq data as --reference and the spatial cells as --spatial.")
+
+
+def check_in_reference(genes: Sequence[str], reference: ad.AnnData) -> None:
+    """Every gene to impute must be in the reference (checked before any training)."""
     import numpy as np
+
+    counts = dict(zip(reference.var_names, np.asarray(reference.X.sum(axis=0)).ravel()))
+    absent = [g for g in genes if counts.get(g, 0) <= 0]
+    if absent:
+        raise StfusionError(f"{len(absent)} of {len(genes)} genes to impute are not measured in the reference "
+                            f"(e.g. {', '.join(absent[:5])}); imputed genes come from the reference. Drop them from "
+                            "--genes, or check the gene naming (case, species, symbols vs ids).")  # fmt: skip
+
+
+def resolve_genes(spec: str, reference: ad.AnnData, spatial: ad.AnnData) -> list[str]:
+    """Genes to impute: ``all-missing`` (reference genes with counts that the spatial data lacks),
+    a file of names (text or .npy) or comma-separated names."""
+    import numpy as np
+
+    from stfusion.cli.options import gene_names
 
     ref_counts = np.asarray(reference.X.sum(axis=0)).ravel()
     if spec == ALL_MISSING:
@@ -78,17 +132,11 @@ def resolve_genes(spec: str, reference: ad.AnnData, spatial: ad.AnnData) -> list
             raise StfusionError("The reference measures no gene (with counts) that the spatial data lacks; "
                                 "pass --genes FILE to impute measured genes as a hold-out check.")  # fmt: skip
         return genes
-    path = Path(spec)
-    if not path.is_file():
-        raise StfusionError(f"--genes {spec!r} is neither '{ALL_MISSING}' nor an existing file of gene names.")
-    genes = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not genes:
-        raise StfusionError(f"{path} lists no genes (one gene name per line).")
-    return list(dict.fromkeys(genes))
+    return gene_names(spec)
 
 
 # ----------------------------------------------------------------------------- imputing
-def make_imputer(method: str, seed: int, mode: str | None, params: dict) -> Any:
+def make_imputer(method: str, seed: int, mode: str | None, params: dict, preset: str | None = None) -> Any:
     """The imputer for a CLI method name with the CLI's options applied."""
     from stfusion.models.registry import get
 
@@ -104,12 +152,19 @@ def make_imputer(method: str, seed: int, mode: str | None, params: dict) -> Any:
         kwargs.setdefault("progress", show_progress())
     if mode is not None:
         kwargs["mode"] = mode
-    return get(name)(**kwargs)  # --cell-type-key labels reach SpaIM/Tangram as obs["cell_type"] (read_reference)
+    if preset not in (None, "paper", "fast") or (preset is not None and name != "spaim"):
+        raise typer.BadParameter(f"--preset takes fast or paper, for spaim only (got {preset!r} for {method}).")
+    cls = get(name)
+    return cls.fast(**kwargs) if preset == "fast" else cls(**kwargs)  # --cell-type-key labels reach SpaIM/Tangram as obs["cell_type"] (read_reference)
 
 
-def impute_pair(model: Any, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str]) -> tuple[ad.AnnData, list[str]]:
+def impute_pair(model: Any, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str],
+                coverage: float | None = None, calibration_folds: int = 5,
+                seed: int = 0) -> tuple[ad.AnnData, list[str]]:  # fmt: skip
     """Fit ``model`` on the shared genes other than ``genes`` (sorted, with counts in both datasets;
     the spatial data restricted to them, as the benchmark's gene k-fold does) and impute ``genes``.
+    With ``coverage``, also calibrate TISSUE-style intervals on the training genes
+    (``calibration_folds`` more fits) and add ``layers["lower"]``/``["upper"]``.
     Returns the imputed AnnData and the training genes."""
     import numpy as np
 
@@ -124,7 +179,10 @@ def impute_pair(model: Any, reference: ad.AnnData, spatial: ad.AnnData, genes: S
         raise StfusionError(f"Only {len(train)} shared genes are left to learn from after holding out the requested "
                             "genes; impute fewer measured genes at a time.")  # fmt: skip
     model.fit(reference, spatial[:, train].copy())
-    return model.impute(list(genes)), train
+    if coverage is None:
+        return model.impute(list(genes)), train
+    model.calibrate(reference, spatial[:, train].copy(), n_folds=calibration_folds, seed=seed)
+    return model.impute(list(genes), coverage=coverage), train
 
 
 def imputed_output(spatial: ad.AnnData, counts: sparse.csr_matrix, imputed: ad.AnnData) -> ad.AnnData:
@@ -147,6 +205,10 @@ def imputed_output(spatial: ad.AnnData, counts: sparse.csr_matrix, imputed: ad.A
     var["measured"] = np.r_[np.ones(keep.sum(), bool), held >= 0]
     out = ad.AnnData(X=x, obs=spatial.obs.copy(), var=var, obsm=dict(spatial.obsm), uns=dict(spatial.uns))
     out.layers[K.LAYER_COUNTS] = layer.astype(np.int32)
+    if K.LAYER_LOWER in imputed.layers:  # intervals of the imputed genes; measured genes: the value itself
+        for key in (K.LAYER_LOWER, K.LAYER_UPPER):
+            values = np.asarray(imputed[spatial.obs_names, genes].layers[key])
+            out.layers[key] = np.hstack([measured[:, keep], values]).astype(np.float32)
     return out
 
 
@@ -164,11 +226,20 @@ def impute_cmd(
     reference: Annotated[Path, typer.Option("--reference", help="scRNA-seq reference .h5ad (raw counts).")],
     spatial: Annotated[Path, typer.Option("--spatial", help="Spatial cells .h5ad (raw counts in X or layers['counts']).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad: the spatial data with imputed genes added.")],
-    genes: Annotated[str, typer.Option(help="File of gene names (one a line) or 'all-missing'.")] = ALL_MISSING,
+    genes: Annotated[str, typer.Option(help=f"Genes to impute: {GENES_FORMS}, or 'all-missing'.")] = ALL_MISSING,
+    preset: Annotated[Optional[str], typer.Option(help="SpaIM settings: fast (short training) or paper (default).")] = None,
+    coordinate_units: Annotated[
+        Optional[str], typer.Option("--coordinate-units", help="Units of the spatial coordinates: um, pixels or unknown.")
+    ] = None,
     cell_type_key: Annotated[Optional[str], typer.Option(help="Reference obs column of cell types (SpaIM, Tangram clusters).")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Tangram only: clusters (default) or cells.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     param: Annotated[list[str], typer.Option("--param", "-p", help="Hyperparameter key=value (repeatable).")] = [],  # noqa: B006
+    coverage: Annotated[Optional[float], typer.Option(
+        help="Add prediction intervals (layers lower/upper) of this nominal coverage, e.g. 0.9 (TISSUE-style "
+             "calibration: --calibration-folds more fits).")] = None,
+    calibration_folds: Annotated[int, typer.Option(
+        "--calibration-folds", help="Folds of the measured genes for --coverage (each one more fit).")] = 5,
 ) -> None:
     """Impute genes the spatial data did not measure from a single-cell reference."""
     import anndata as ad
@@ -178,22 +249,32 @@ def impute_cmd(
     from stfusion.io import write_h5ad
     from stfusion.io.reference import read_reference
 
-    model = make_imputer(method.lower(), seed, mode, parse_params(param))
-    ref = read_reference(reference, cell_type_key=cell_type_key)
+    if coverage is not None and not 0 < coverage < 1:
+        raise typer.BadParameter(f"--coverage takes a fraction between 0 and 1 (e.g. 0.9), not {coverage}.")
+    if calibration_folds < 2:
+        raise typer.BadParameter(f"--calibration-folds must be at least 2, not {calibration_folds}.")
+    model = make_imputer(method.lower(), seed, mode, parse_params(param), preset)
     sp_full, counts = read_spatial_h5ad(spatial)
+    refuse_swapped(reference, sp_full)
+    sp_full = with_coordinates(sp_full, coordinate_units)
+    ref = read_reference(reference, cell_type_key=cell_type_key)
     sp = ad.AnnData(X=counts, obs=pd.DataFrame(index=sp_full.obs_names), var=pd.DataFrame(index=sp_full.var_names),
                     obsm={k: v for k, v in sp_full.obsm.items() if isinstance(v, np.ndarray)})  # fmt: skip
     wanted = resolve_genes(genes, ref, sp)
+    check_in_reference(wanted, ref)
     measured = [g for g in wanted if g in sp.var_names]
     if measured:
         log.warning(f"{len(measured)} requested genes are measured in the spatial data; they are held out of training "
                     f"and imputed (measured counts kept in layers['counts']): {measured[:5]}")  # fmt: skip
-    imputed, train = impute_pair(model, ref, sp, wanted)
+    with long_step(f"imputing {len(wanted)} genes ({method})"):
+        imputed, train = impute_pair(model, ref, sp, wanted, coverage, calibration_folds, seed)
     result = imputed_output(sp_full, counts, imputed)
     result.uns[K.STFUSION] = {**dict(sp_full.uns.get(K.STFUSION, {})), "imputation": {
         "method": model.name, "hyperparams_json": json.dumps(model.hyperparams), "seed": seed,
         "training_genes": train, "imputed_genes": wanted,
         "expression_space": imputed.uns.get(K.STFUSION, {}).get("expression_space", ""),
     }}  # fmt: skip
+    if K.COVERAGE in imputed.uns.get(K.STFUSION, {}):
+        result.uns[K.STFUSION][K.COVERAGE] = imputed.uns[K.STFUSION][K.COVERAGE]
     write_h5ad(result, out)
     log.info(f"wrote {out} ({result.n_obs} cells, {len(wanted)} imputed + {result.n_vars - len(wanted)} measured genes)")

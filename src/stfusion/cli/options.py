@@ -7,9 +7,13 @@ command module (and :mod:`stfusion.cli.config`) may import it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
@@ -19,6 +23,10 @@ log = logging.getLogger("stfusion")
 MppOpt = Annotated[
     Optional[float], typer.Option("--microns-per-pixel", help="Override the scale of the full-resolution image.")
 ]
+GENES_FORMS = "a text file (one gene per line), a .npy array of names, or comma-separated names"
+GENE_FILE_SUFFIXES = (".txt", ".npy", ".tsv", ".csv", ".list")
+HEARTBEAT_S = 15.0  # off a terminal, a long step logs a line this often
+PIPED_WIDTH = 200  # rich tables printed to a file or pipe are not cut at 80 columns
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -37,8 +45,29 @@ def parse_params(items: list[str]) -> dict:
 
 
 def genes_spec(genes: Optional[str]):
-    """``--genes`` of ``stfusion fit``: a number N (top N genes) or a file name."""
+    """``--genes`` of ``stfusion fit``: a number N (top N genes), a file name or comma-separated names."""
     return int(genes) if genes is not None and genes.isdigit() else genes
+
+
+def gene_names(spec: Optional[str]) -> list[str] | None:
+    """``--genes`` of ``predict``, ``de`` and ``impute``: a text file (one name per line), a
+    ``.npy`` array of names, or comma-separated names (None: the command's default)."""
+    from pathlib import Path
+
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    if not path.is_file() and ("/" in spec or path.suffix.lower() in GENE_FILE_SUFFIXES):
+        raise typer.BadParameter(f"--genes {spec}: no such file. Give {GENES_FORMS}.")
+    if path.is_file():
+        from stfusion.data.genes import read_gene_list
+
+        names = list(dict.fromkeys(read_gene_list(path)))
+    else:
+        names = list(dict.fromkeys(g.strip() for g in spec.split(",") if g.strip()))
+    if not names:
+        raise typer.BadParameter(f"--genes {spec!r} lists no genes; give {GENES_FORMS}.")
+    return names
 
 
 def parse_covariates(items: list[str], n_sections: int) -> list[dict[str, str]] | None:
@@ -73,10 +102,45 @@ def show_progress() -> bool:
 
 
 def console(stderr: bool = False):
-    """A rich console that wraps softly (tables keep their width when piped)."""
+    """A rich console that wraps softly; printed tables (stdout) off a terminal are wide, so they are
+    not cut at 80 columns. Log lines (stderr) keep rich's width."""
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=True)
+    width = PIPED_WIDTH if not stderr and not sys.stdout.isatty() else None
+    return Console(stderr=stderr, soft_wrap=True, width=width)
+
+
+@contextlib.contextmanager
+def long_step(what: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """A step that may take long: on a terminal a spinner with the elapsed time (models'
+    own progress bars show inside it); off a terminal a log line at the start, one every
+    ``every_s`` seconds while it runs and one at the end. Silent with ``--quiet``."""
+    if show_progress():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console(stderr=True), transient=True) as bar:
+            bar.add_task(what, total=None)
+            yield
+        return
+    if not log.isEnabledFor(logging.INFO):
+        yield
+        return
+    start, stop = time.perf_counter(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            log.info(f"{what}: still running ({time.perf_counter() - start:.0f} s)")
+
+    log.info(f"{what} ...")
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    log.info(f"{what}: done in {time.perf_counter() - start:.0f} s")
 
 
 def setup_logging(level: int) -> None:

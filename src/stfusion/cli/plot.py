@@ -14,7 +14,8 @@ import typer
 
 from stfusion.errors import StfusionError
 
-plot_app = typer.Typer(help="Draw one figure and save it (--out FILE.png|pdf|svg).", no_args_is_help=True)
+plot_app = typer.Typer(help="Draw one figure and save it (--out FILE.png|pdf|svg).", no_args_is_help=True,
+                      rich_markup_mode=None)
 log = logging.getLogger("stfusion")
 
 FORMATS = (".png", ".pdf", ".svg")
@@ -23,8 +24,8 @@ GeneOpt = Annotated[str, typer.Option("--gene", "-g", help="Gene to draw.")]
 DpiOpt = Annotated[int, typer.Option(help="Resolution of raster output (dots per inch).")]
 
 
-def save_figure(fig: Any, out: Path, dpi: int = 150) -> Path:
-    """Write ``fig`` atomically to ``out`` (format from the suffix) and close it."""
+def save_figure(fig: Any, out: Path, dpi: int = 150, announce: bool = True) -> Path:
+    """Write ``fig`` atomically to ``out`` (format from the suffix) and close it; log it unless not ``announce``."""
     import matplotlib.pyplot as plt
 
     from stfusion.io.atomic import atomic_path
@@ -36,7 +37,8 @@ def save_figure(fig: Any, out: Path, dpi: int = 150) -> Path:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-    log.info(f"wrote {out}")
+    if announce:
+        log.info(f"wrote {out}")
     return out
 
 
@@ -62,6 +64,17 @@ def spots_cmd(
     from stfusion.pl import spot_overlay
 
     save_figure(spot_overlay(_read(section), gene=gene), out, dpi)
+
+
+def show_cmd(
+    section: Annotated[Path, typer.Argument(help="Section .h5ad (from `stfusion read`).")],
+    out: OutFig,
+    gene: Annotated[Optional[str], typer.Option("--gene", "-g", help="Colour by this gene (default: total counts).")] = None,
+    dpi: DpiOpt = 150,
+) -> None:
+    """Deprecated alias of `stfusion plot spots` (hidden; kept so old scripts still run)."""
+    log.warning("`stfusion show` is deprecated and will be removed: use `stfusion plot spots` (same options).")
+    spots_cmd(section=section, out=out, gene=gene, dpi=dpi)
 
 
 @plot_app.command("map")
@@ -99,15 +112,22 @@ def panels_cmd(
 def umap_cmd(
     pred: Annotated[Path, typer.Argument(help="Prediction .h5ad holding spot embeddings (ST-Net writes obsm['X_stnet']).")],
     out: OutFig,
-    color: Annotated[Optional[str], typer.Option(help="Colour by an obs column or a predicted gene.")] = None,
+    gene: Annotated[Optional[str], typer.Option("--gene", "-g", help="Colour by a predicted gene or an obs column.")] = None,
     key: Annotated[str, typer.Option(help="obsm key of the embeddings.")] = "X_stnet",
     seed: Annotated[int, typer.Option(help="UMAP random state.")] = 0,
     dpi: DpiOpt = 150,
+    color: Annotated[Optional[str], typer.Option("--color", hidden=True, help="Old name of --gene.")] = None,
 ) -> None:
     """UMAP (umap-learn) of the spot embeddings of a prediction."""
+    from stfusion.cli.options import long_step
     from stfusion.pl import embedding_umap
 
-    save_figure(embedding_umap(_read(pred), color, key=key, seed=seed), out, dpi)
+    if gene is not None and color is not None and gene != color:
+        raise typer.BadParameter("--color is the old name of --gene; give one of them.")
+    data = _read(pred)
+    with long_step(f"UMAP of {data.n_obs} spots"):
+        fig = embedding_umap(data, gene or color, key=key, seed=seed)
+    save_figure(fig, out, dpi)
 
 
 @plot_app.command("attention")

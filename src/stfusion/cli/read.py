@@ -1,4 +1,4 @@
-"""``stfusion read visium|st|her2st|stutility``, ``stfusion info`` and ``stfusion show``:
+"""``stfusion read visium|st|her2st|stutility`` and ``stfusion info``:
 spatial data in, validated sections (``.h5ad``) out, and a look at them.
 
 Registered by :mod:`stfusion.cli`; anndata and the readers are imported only when a command runs.
@@ -15,7 +15,8 @@ import typer
 
 from stfusion.cli.options import MppOpt, console
 
-read_app = typer.Typer(help="Read spatial data into a validated section (.h5ad).", no_args_is_help=True)
+read_app = typer.Typer(help="Read spatial data into a validated section (.h5ad).", no_args_is_help=True,
+                      rich_markup_mode=None)
 log = logging.getLogger("stfusion")
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad file.")]
@@ -94,7 +95,7 @@ def read_stutility_cmd(
     _write_section(read_stutility(directory, section, microns_per_pixel=microns_per_pixel), out)
 
 
-# ----------------------------------------------------------------------------- info / show
+# ----------------------------------------------------------------------------- info
 def section_summary(adata) -> dict:
     """Facts about a section for ``stfusion info``."""
     import numpy as np
@@ -154,18 +155,3 @@ def info_cmd(
         table.add_row(key.replace("_", " "), "—" if value is None else str(value))
     console().print(table)
 
-
-def show_cmd(
-    path: Annotated[Path, typer.Argument(help="Section .h5ad.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png, .pdf, .svg).")],
-    gene: Annotated[Optional[str], typer.Option(help="Colour spots by this gene instead of total counts.")] = None,
-) -> None:
-    """Draw the H&E with spots at their true diameter, coloured by total counts or a gene."""
-    from stfusion.io import read_h5ad
-    from stfusion.io.atomic import atomic_path
-    from stfusion.pl import spot_overlay
-
-    fig = spot_overlay(read_h5ad(path), gene=gene)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    log.info(f"wrote {out}")

@@ -23,6 +23,8 @@ def report_cmd(
     """Write one HTML file (figures embedded, no external links): metrics tables, gene-wise
     Pearson boxplots, time and memory of a benchmark run; or maps of a prediction (best and
     median gene against --truth, super-resolved and uncertainty maps)."""
+    from stfusion.cli.options import long_step
     from stfusion.report import build_report
 
-    build_report(source, out, truth=truth, super_resolved=super_resolved, genes=gene)
+    with long_step(f"writing the report of {source.name}"):
+        build_report(source, out, truth=truth, super_resolved=super_resolved, genes=gene)

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from stfusion.cli.options import GENES_FORMS, gene_names, long_step
 from stfusion.errors import StfusionError
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger("stfusion")
+PREVIEWS = 12  # PNG previews of a grid: the genes whose maps vary most
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -46,18 +48,6 @@ def read_mask(path: Path) -> np.ndarray:
     return arr > 0
 
 
-def gene_names(spec: Optional[str]) -> list[str] | None:
-    """Genes to predict: a file (one name per line, or .npy) or comma-separated names."""
-    if spec is None:
-        return None
-    path = Path(spec)
-    if path.is_file():
-        from stfusion.data.genes import read_gene_list
-
-        return list(read_gene_list(path))
-    return [g.strip() for g in spec.split(",") if g.strip()]
-
-
 # ----------------------------------------------------------------------------- fit / predict
 def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Optional[float], masks: list[Path],
                      genes: Optional[str], samples: Optional[int]):
@@ -70,6 +60,7 @@ def predict_extended(model: Any, section_path: Path, out: Path, *, grid_um: Opti
     if grid_um is not None and masks:
         raise typer.BadParameter("Give either --grid-um or --mask, not both.")
     section = read_h5ad(section_path)
+    model.check_section(section)  # the wrong data fails here, before any prediction
     kw = {"genes": gene_names(genes), "samples": samples}
     if grid_um is not None:
         pred = model.predict_grid(section, grid_um=grid_um, **kw)
@@ -108,15 +99,32 @@ def predict_slide(model: Any, image: Path, out: Path, microns_per_pixel: Optiona
 
 
 def _write_grid_files(model: Any, pred: Any, out: Path, section: Any) -> None:
-    """OME-TIFF stacks and PNG previews of a grid prediction, and the model's CMYK summary
-    map when it has one, next to ``out`` (``<stem>.ome.tif``, ``<stem>_png/``, ``<stem>.summary.png``)."""
-    from stfusion.models.xfuse.outputs import save_summary, write_image_stack
+    """OME-TIFF stacks, PNG previews (:func:`stfusion.pl.grid.grid_preview`) of the most variable
+    genes and the model's metagene summary map when it has one (:func:`stfusion.pl.grid.summary_map`),
+    next to ``out`` (``<stem>.ome.tif``, ``<stem>_png/``, ``<stem>.summary.png``), all on µm axes
+    from the image's corner."""
+    from stfusion import _constants as K
+    from stfusion.cli.plot import save_figure
+    from stfusion.models.xfuse.outputs import _safe, grid_images, preview_genes, write_image_stack
+    from stfusion.pl.grid import grid_preview, summary_map
 
     stem = out.name.split(".")[0]
-    written = list(write_image_stack(pred, out.with_name(f"{stem}.ome.tif")).values())
+    written = list(write_image_stack(pred, out.with_name(f"{stem}.ome.tif"), previews=0).values())
+    um, genes = float(pred.uns[K.STFUSION][K.GRID_UM]), preview_genes(pred, PREVIEWS)
+    origin = (int(pred.obs[K.GRID_ROW].min()), int(pred.obs[K.GRID_COL].min()))
+    means = grid_images(pred)
+    sds = grid_images(pred, K.LAYER_PRED_SD) if K.LAYER_PRED_SD in pred.layers else None
+    png_dir = out.with_name(f"{stem}_png")
+    png_dir.mkdir(parents=True, exist_ok=True)
+    for g in genes:
+        i = pred.var_names.get_loc(g)
+        fig = grid_preview(means[i], None if sds is None else sds[i], g, um, origin)
+        save_figure(fig, png_dir / f"{_safe(g)}.png", 120, announce=False)
+    written.append(png_dir)
     if section is not None and hasattr(model, "summarized_map"):
-        um = float(model.hyperparams["resolution_um"])
-        written.append(save_summary(out.with_name(f"{stem}.summary.png"), model.summarized_map(section), um))
+        res = float(model.hyperparams["resolution_um"])
+        fig = summary_map(model.summarized_map(section), res)
+        written.append(save_figure(fig, out.with_name(f"{stem}.summary.png"), 120, announce=False))
     log.info("wrote %s", ", ".join(str(p) for p in written))
 
 
@@ -128,7 +136,7 @@ def de_cmd(
     area_b: Annotated[Path, typer.Option("--area-b", help="Mask of area B (PNG/NPY at full resolution).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV.")] = Path("de.csv"),
     samples: Annotated[Optional[int], typer.Option(help="Monte Carlo samples.")] = None,
-    genes: Annotated[Optional[str], typer.Option(help="Gene file or comma-separated names (default: all).")] = None,
+    genes: Annotated[Optional[str], typer.Option(help=f"Genes to compare: {GENES_FORMS} (default: all).")] = None,
 ) -> None:
     """Differential expression between two areas: posterior log2 fold changes, ranked by |mean|/SD."""
     from stfusion.io import read_h5ad
@@ -138,8 +146,11 @@ def de_cmd(
     model = load_model(model_dir)
     if not hasattr(model, "differential_expression"):
         raise typer.BadParameter(f"{type(model).__name__} has no posterior to compare areas with.")
-    table = model.differential_expression(read_h5ad(section), read_mask(area_a), read_mask(area_b),
-                                          samples=samples, genes=gene_names(genes))
+    data = read_h5ad(section)
+    model.check_section(data)
+    with long_step("differential expression between the areas"):
+        table = model.differential_expression(data, read_mask(area_a), read_mask(area_b),
+                                              samples=samples, genes=gene_names(genes))
     with atomic_path(out) as tmp:
         table.to_csv(tmp)
     top = table.head(5)

@@ -19,6 +19,7 @@ deterministic order.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -199,5 +200,13 @@ def resolve_genes(spec, sections, *, missing: str = "raise") -> list[str]:
         )
     kept = [g for g in names if g in present]
     if not kept:
-        raise GeneSelectionError(f"None of the {len(names)} requested genes is present in all sections.")
+        raise GeneSelectionError(
+            f"None of the {len(names)} requested genes is present in all sections (e.g. {', '.join(names[:3])}). "
+            "Check the gene naming (symbols vs Ensembl ids, upper/lower case, species)."
+        )
+    if absent:
+        logging.getLogger("stfusion").warning(
+            f"{len(absent)} of {len(names)} requested genes are not present in all {len(secs)} sections and were "
+            f"dropped (e.g. {', '.join(absent[:5])}); keeping {len(kept)}."
+        )
     return kept

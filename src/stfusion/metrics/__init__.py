@@ -17,6 +17,7 @@ from stfusion.metrics.core import (
     ssim,
     topk_mean,
 )
+from stfusion.metrics.coverage import coverage_by_group, coverage_table, interval_width
 from stfusion.metrics.evaluate import METRICS, AlignmentError, MetricError, aligned_names, evaluate
 from stfusion.metrics.spatial import ari_kmeans, neighbour_graph, radius_graph, smooth_neighbours
 
@@ -29,8 +30,11 @@ __all__ = [
     "ari_kmeans",
     "auroc_extremes",
     "consistent_positive",
+    "coverage_by_group",
+    "coverage_table",
     "evaluate",
     "interval_coverage",
+    "interval_width",
     "js_divergence",
     "neighbour_graph",
     "pearson",

@@ -45,24 +45,29 @@ def fit(
     *,
     covariates: Sequence[dict] | None = None,
     progress: bool | None = None,
+    calibration: str | None = None,
+    calibration_fraction: float = 0.2,
     **params: Any,
 ) -> Any:
     """Create and fit a histology model. ``genes``: as ``stfusion.data.genes.resolve_genes``
     (file, .npy, number N = top N by mean in the training sections, or a list).
     ``covariates``: one ``{name: value}`` per section, for models whose ``fit`` takes them (XFuse).
-    ``progress``: show the model's progress bars (None: the model's own setting); not saved."""
+    ``progress``: show the model's progress bars (None: the model's own setting); not saved.
+    ``calibration`` / ``calibration_fraction``: hold out data and calibrate prediction intervals
+    (:meth:`stfusion.models.base.Model.fit`; default None: no hold-out)."""
     from stfusion.data.genes import resolve_genes
 
     gene_list = list(resolve_genes(genes, list(sections))) if genes is not None else None
     model = create(method, **params)
     if progress is not None:
         set_progress(model, progress)
+    extra = {} if calibration is None else {"calibration": calibration, "calibration_fraction": calibration_fraction}
     if covariates is None:
-        model.fit(list(sections), genes=gene_list)
+        model.fit(list(sections), genes=gene_list, **extra)
         return model
     if "covariates" not in inspect.signature(model.fit).parameters:
         raise StfusionError(f"{method} takes no covariates; drop them (--covariate).")
-    model.fit(list(sections), genes=gene_list, covariates=list(covariates))
+    model.fit(list(sections), genes=gene_list, covariates=list(covariates), **extra)
     return model
 
 

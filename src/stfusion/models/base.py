@@ -22,6 +22,7 @@ from scipy import sparse
 
 from stfusion import _constants as K
 from stfusion.errors import StfusionError
+from stfusion.models.conformal import CALIBRATION_FILE, Calibration
 
 TARGET_SUM = 1e4
 TARGET_DESCRIPTION = "log1p(counts / spot total over all genes x 1e4)"
@@ -113,33 +114,146 @@ class Model(ABC):
         self.hyperparams = dict(hyperparams)
         self.genes_: list[str] | None = None
         self.training_data_: dict[str, Any] | None = None
+        self.calibration_: Calibration | None = None
 
     # -- interface (template methods: subclasses implement _fit and _predict)
     def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None,
-            *args: Any, **kwargs: Any) -> Self:
+            *args: Any, calibration: str | None = None, calibration_fraction: float = 0.2, **kwargs: Any) -> Self:
         """Fit on ``train_sections`` (AnnData with counts and, for image models, the H&E).
 
         ``genes``: the genes to model (default: the method's own choice, e.g. the genes all
         training sections share). Further arguments are the method's own and are passed to
         :meth:`_fit` unchanged. Records a summary of the training data for the model card.
         Returns the fitted model.
+
+        ``calibration``: hold out data the model does not train on and calibrate split-conformal
+        prediction intervals on it (:meth:`calibrate`, :mod:`stfusion.models.conformal`), so that
+        ``predict(section, coverage=0.9)`` gives intervals. ``None`` (default): train on
+        everything, no calibration (every training and benchmark number stays as it was);
+        ``"spots"``: a spatially blocked ``calibration_fraction`` of each training section's spots;
+        ``"sections"``: the last training section; ``"patient"``: the last patient's sections;
+        ``"auto"``: ``"sections"`` with three or more training sections (histology models),
+        else ``"spots"``. What was held out is recorded in the model card.
         """
+        from stfusion.models.conformal import split_for_calibration
+
+        held: list[ad.AnnData] = []
+        if calibration is not None:
+            items = [train_sections] if isinstance(train_sections, ad.AnnData) else list(train_sections)
+            seed = int(self.hyperparams.get("seed", 0) or 0)
+            train_sections, held, calibration = split_for_calibration(
+                items, calibration, calibration_fraction, seed, self.input_kind)
         result = self._fit(train_sections, genes, *args, **kwargs)
         summary = training_summary(train_sections)
         if summary is not None:
             self.training_data_ = summary
+        self.calibration_ = None
+        if held:
+            self.calibrate(held, kind=calibration)
+            if calibration == "spots":
+                self.calibration_.extra["fraction"] = float(calibration_fraction)
         return result
 
-    def predict(self, section: ad.AnnData, *args: Any, **kwargs: Any) -> ad.AnnData:
+    def predict(self, section: ad.AnnData, *args: Any, coverage: float | None = None, interval: str = "auto",
+                **kwargs: Any) -> ad.AnnData:
         """Predicted expression for the spots of ``section`` (AnnData: same spot names, the
         model's genes as var names, uncertainty in layers when the method has it).
 
         Checks first that the section can be read at the scale the model expects
         (:meth:`check_section`). Further arguments are the method's own and are passed to
-        :meth:`_predict` unchanged.
+        :meth:`_predict` unchanged. ``coverage`` (e.g. 0.9): add prediction intervals, layers
+        ``lower``/``upper`` in the space of ``X`` and ``uns["stfusion"]["coverage"]``
+        (see :meth:`add_intervals`; ``interval`` chooses how).
         """
         self.check_section(section)
-        return self._predict(section, *args, **kwargs)
+        out = self._predict(section, *args, **kwargs)
+        return out if coverage is None else self.add_intervals(out, coverage, interval)
+
+    # -- prediction intervals (split conformal: stfusion.models.conformal)
+    def calibrate(self, sections: Sequence[ad.AnnData] | ad.AnnData, kind: str = "sections", *,
+                  normalise: bool | None = None, **predict_kwargs: Any) -> Self:
+        """Calibrate prediction intervals on ``sections`` the model did not train on (held-out spots
+        of the training sections, held-out sections, or another patient's sections).
+
+        Predicts them, and keeps per gene the sorted scores ``|measured - predicted|`` in the space
+        of ``X`` (divided by the predicted SD when the predictions carry one and ``normalise`` is
+        not False). ``kind`` labels the calibration data in the model card (``"spots"``,
+        ``"sections"``, ``"patient"``, or your own). Replaces an earlier calibration; saved with the
+        model. Returns the model.
+        """
+        from stfusion.models.conformal import CalibrationError, prediction_space, truth_in_space
+
+        genes = self._check_fitted()
+        items = [sections] if isinstance(sections, ad.AnnData) else list(sections)
+        truths, preds, sds, spaces, ids = [], [], [], set(), []
+        for i, s in enumerate(items):
+            pred = self.predict(s, **predict_kwargs)
+            space = prediction_space(pred)
+            spaces.add(space)
+            truths.append(truth_in_space(s, genes, space))
+            preds.append(dense(pred[s.obs_names, genes].X).astype(np.float64))
+            sd = pred[s.obs_names, genes].layers[K.LAYER_PRED_SD] if K.LAYER_PRED_SD in pred.layers else None
+            sds.append(None if sd is None else dense(sd).astype(np.float64))
+            ids.append(str(s.uns.get(K.STFUSION, {}).get(K.SECTION_ID) or f"section{i}"))
+        if len(spaces) != 1:
+            raise CalibrationError(f"the calibration predictions are in several expression spaces: {sorted(spaces)}.")
+        use_sd = all(sd is not None for sd in sds) if normalise is None else bool(normalise)
+        if use_sd and any(sd is None for sd in sds):
+            raise CalibrationError(f"normalise=True needs predictions with layers['{K.LAYER_PRED_SD}'].")
+        self.calibration_ = Calibration.from_residuals(
+            np.vstack(truths), np.vstack(preds), genes, kind=kind, space=spaces.pop(),
+            sd=np.vstack(sds) if use_sd else None, sources=ids)
+        return self
+
+    def add_intervals(self, pred: ad.AnnData, coverage: float, interval: str = "auto") -> ad.AnnData:
+        """``pred`` (a prediction of this model) with layers ``lower``/``upper`` at nominal ``coverage``
+        and ``uns["stfusion"]["coverage"]`` (nominal, calibration kind, method); in place, returned.
+
+        ``interval``: ``"conformal"`` (the calibration of :meth:`calibrate` / ``fit(calibration=...)``),
+        ``"model"`` (the model's own SD, ``X ± z SD``: XFuse's posterior, the GP's predictive SD),
+        ``"auto"``: conformal when calibrated, else the model's SD when it gives one.
+        """
+        from stfusion.models.conformal import (
+            NONNEGATIVE_SPACES,
+            CalibrationError,
+            check_coverage,
+            gaussian_intervals,
+            prediction_space,
+            with_intervals,
+        )
+
+        coverage = check_coverage(coverage)
+        if interval not in ("auto", "conformal", "model"):
+            raise CalibrationError(f"interval must be 'auto', 'conformal' or 'model', got {interval!r}.")
+        cal = getattr(self, "calibration_", None)
+        has_sd = K.LAYER_PRED_SD in pred.layers
+        if interval == "auto":
+            interval = "conformal" if cal is not None else "model" if has_sd else "conformal"
+        space = prediction_space(pred)
+        values = dense(pred.X).astype(np.float64)
+        sd = dense(pred.layers[K.LAYER_PRED_SD]).astype(np.float64) if has_sd else None
+        nonneg = space in NONNEGATIVE_SPACES
+        if interval == "model":
+            if sd is None:
+                raise CalibrationError(f"{type(self).__name__} predicts no SD (layers['{K.LAYER_PRED_SD}']); "
+                                       "use interval='conformal' after calibrating.")
+            lower, upper = gaussian_intervals(values, sd, coverage, nonnegative=nonneg)
+            info = {"nominal": coverage, "calibration": None, "interval": "model SD, normal approximation (X ± z SD)"}
+            return with_intervals(pred, lower, upper, info)
+        if cal is None:
+            raise CalibrationError(
+                f"{type(self).__name__} is not calibrated, so it has no prediction intervals. Calibrate it on data it "
+                "did not train on: fit with model.fit(sections, calibration='sections') (or 'spots': held-out spots of "
+                "each training section; 'patient': another patient's sections), or call "
+                "model.calibrate(held_out_sections) after fitting.")
+        if cal.space != space:
+            raise CalibrationError(f"the calibration is in expression space {cal.space!r}, this prediction in {space!r}.")
+        lower, upper = cal.intervals(values, list(pred.var_names), coverage, sd=sd if cal.normalised else None,
+                                     nonnegative=nonneg)
+        info = {"nominal": coverage, "calibration": cal.kind, "interval": "split conformal"
+                + (" (SD-normalised)" if cal.normalised else ""), "calibration_sections": list(cal.sources),
+                "calibration_spots": int(cal.scores.shape[0])}
+        return with_intervals(pred, lower, upper, info)
 
     @abstractmethod
     def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> Self:
@@ -170,6 +284,7 @@ class Model(ABC):
             **self.image_scale(),
             "training_data": getattr(self, "training_data_", None),
             "validation": self.validation_summary(),
+            "calibration": None if getattr(self, "calibration_", None) is None else self.calibration_.summary(),
         }
 
     def image_scale(self) -> dict[str, float | None]:
@@ -195,7 +310,19 @@ class Model(ABC):
         microns-per-pixel is rescaled soundly; the section must record one. A section much coarser
         than the training sections only logs a warning (its patches are upsampled, so detail the
         model learnt from is not there to see).
+
+        A section with measured genes must share at least half of the model's genes: a model
+        applied to another species' or naming scheme's data fails here, before any work.
         """
+        genes, names = self.genes_ or [], list(section.var_names)
+        shared = len(set(genes) & set(names))
+        if self.input_kind != "reference" and genes and names and shared < 0.5 * len(genes):
+            folded = len({g.upper() for g in genes} & {g.upper() for g in names})
+            raise StfusionError(
+                f"The section has {shared} of the model's {len(genes)} genes (model e.g. {', '.join(genes[:3])}; "
+                f"section e.g. {', '.join(names[:3])}). Is it the data the model was trained for? Check the species "
+                f"and the gene naming (symbols vs Ensembl ids; {folded} match when upper/lower case is ignored)."
+            )
         if self.input_kind != "histology":
             return
         rows = (getattr(self, "training_data_", None) or {}).get("sections") or []
@@ -208,6 +335,11 @@ class Model(ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "model.json").write_text(json.dumps(self.card(), indent=2, default=_json_default))
+        cal_path = directory / CALIBRATION_FILE
+        if getattr(self, "calibration_", None) is not None:
+            self.calibration_.save(cal_path)
+        elif cal_path.exists():
+            cal_path.unlink()  # a stale calibration of an earlier save in the same folder
         return directory
 
     @classmethod
@@ -223,6 +355,10 @@ class Model(ABC):
         model = cls(**card["hyperparams"])
         model.genes_ = list(card["genes"])
         model.training_data_ = card.get("training_data")
+        cal_path = Path(directory) / CALIBRATION_FILE
+        if cal_path.exists():
+            extra = {k: v for k, v in (card.get("calibration") or {}).items() if k == "fraction"}
+            model.calibration_ = Calibration.load(cal_path, extra)
         return model, card
 
     @staticmethod

@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "spaim": "stfusion.models.spaim.model:SpaIM",
     "histogene": "stfusion.models.histogene.model:HisToGene",
     "xfuse": "stfusion.models.xfuse.model:XFuse",
+    "encoder_ridge": "stfusion.models.encoder_ridge.model:EncoderRidge",
     # histology / spatial baselines
     "constant": "stfusion.baselines.interpolation:ConstantBaseline",
     "nearest_neighbour": "stfusion.baselines.interpolation:NearestNeighbourBaseline",

@@ -21,7 +21,14 @@ from scipy.spatial import cKDTree  # noqa: E402
 
 from stfusion import _constants as K  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
-from stfusion.pl.style import EXPRESSION_CMAP, PANEL_INCHES, add_scale_bar, styled  # noqa: E402
+from stfusion.pl.style import (  # noqa: E402
+    EXPRESSION_CMAP,
+    PANEL_INCHES,
+    add_colorbar,
+    add_scale_bar,
+    colour_limits,
+    styled,
+)
 
 MAP_GID = "expression_map"  # gid of the coloured spot collection (tests and panels find it by this)
 
@@ -84,11 +91,15 @@ def _library(adata: ad.AnnData) -> dict | None:
 
 def microns_per_pixel_or_none(adata: ad.AnnData) -> float | None:
     """µm per full-resolution pixel from ``uns["spatial"]``, else from ``uns["stfusion"]`` (image-only
-    predictions record it there), else None."""
+    predictions record it there), else 1 for image-free data whose coordinates are in µm
+    (``uns["stfusion"]["coordinate_units"] == "um"``: imputed spatial cells), else None."""
     lib = _library(adata)
+    meta = adata.uns.get(K.STFUSION, {})
     value = None if lib is None else lib.get(K.MICRONS_PER_PIXEL)
     if value is None:
-        value = adata.uns.get(K.STFUSION, {}).get(K.MICRONS_PER_PIXEL)
+        value = meta.get(K.MICRONS_PER_PIXEL)
+    if value is None and lib is None and meta.get(K.COORDINATE_UNITS) == "um":
+        value = 1.0
     return float(value) if value is not None and float(value) > 0 else None
 
 
@@ -240,12 +251,10 @@ def expression_map(
     fig = ax.figure
     if image is not None:
         ax.imshow(image)
-    finite = v[np.isfinite(v)]
-    lo = vmin if vmin is not None else (float(finite.min()) if len(finite) else 0.0)
-    hi = vmax if vmax is not None else (float(finite.max()) if len(finite) else 1.0)
-    art, half = _draw(ax, adata, v, scalef, Normalize(lo, hi if hi > lo else lo + 1e-9), cmap, alpha)
+    lo, hi = colour_limits(v, vmin, vmax)
+    art, half = _draw(ax, adata, v, scalef, Normalize(lo, hi), cmap, alpha)
     _set_limits(ax, np.asarray(adata.obsm[K.SPATIAL], dtype=float) * scalef, half, image)
-    fig.colorbar(art, ax=ax, fraction=0.046, pad=0.03, label=label or (gene if layer is None else f"{gene} ({layer})"))
+    add_colorbar(fig, art, ax, label or (gene if layer is None else f"{gene} ({layer})"))
     mpp = microns_per_pixel_or_none(adata)
     if scale_bar and mpp is not None:
         add_scale_bar(ax, mpp / scalef)

@@ -105,3 +105,31 @@ def add_scale_bar(ax, um_per_px: float, *, length_um: float | None = None, color
     ax.annotate(format_length(length_um), (x0 + length_px / 2, y), xytext=(0, 4), textcoords="offset points",
                 ha="center", va="bottom", fontsize=8, color=color, gid="scale_bar_label", path_effects=halo)
     return length_px
+
+
+# ----------------------------------------------------------------------------- colour bars
+def colour_limits(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> tuple[float, float]:
+    """Colour limits of ``values`` (default: their finite range). A range below 0.1% of the values'
+    magnitude (Monte Carlo or float noise on a flat map) is widened to ±0.1% around its middle, so
+    a nearly constant map shows one colour instead of stretching the noise over the colour map."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    scale = max(abs(lo), abs(hi))
+    if hi - lo < 1e-3 * scale or hi <= lo:
+        mid, half = (lo + hi) / 2, max(1e-3 * scale, 1e-9)
+        lo, hi = mid - half, mid + half
+    return lo, hi
+
+
+def add_colorbar(fig, mappable, ax, label: str | None = None):
+    """A colour bar with plain tick labels: no offset or '1e-7' multiplier above the bar."""
+    from matplotlib.ticker import ScalarFormatter
+
+    bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03, label=label)
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    bar.formatter = formatter
+    bar.update_ticks()
+    return bar

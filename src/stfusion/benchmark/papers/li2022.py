@@ -48,7 +48,9 @@ applies its own preprocessing:
   test genes. Here: ``scvi.external.GIMVI`` of the installed scvi-tools, CPU, seed = run seed.
 - SpaIM and kNN on the reference (not in Li's benchmark): the same raw-count inputs (the
   reference and the spatial training genes), each method's own normalisation, and its output
-  scored as it comes, as Li scored every method's output.
+  scored as it comes, as Li scored every method's output. A test gene without counts in the
+  reference cannot be imputed from it; it is scored as not predicted (Tangram drops such genes
+  itself).
 
 **Truth and metrics** (``Benchmarking/GenesMetrics.py``: ``cal_ssim``, ``scale_max``,
 ``scale_z_score``, ``scale_plus``, class ``count``; the notebook's ``CalculateMeteics``,
@@ -355,11 +357,16 @@ class Li2022Imputation(PaperProtocol):
             shared = fold.extra.get("shared_genes") or li_shared_genes(reference, fold.test)
             p = li_gimvi(reference, spatial_train, shared, genes, epochs=params.get("epochs", 200), seed=seed)
             return p, np.ones(len(genes), bool)
-        model = make_model(method, seed)
-        model.fit(reference, spatial_train)
-        pred = model.impute(genes)
-        x = pred[:, genes].X
-        return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64), np.ones(len(genes), bool)
+        # a gene without counts in the reference cannot be imputed from it: not predicted (as Tangram drops it)
+        predicted = np.asarray(reference[:, genes].X.sum(axis=0)).ravel() > 0
+        pred = np.full((fold.test.n_obs, len(genes)), np.nan)
+        if predicted.any():
+            model = make_model(method, seed)
+            model.fit(reference, spatial_train)
+            keep = [g for g, ok in zip(genes, predicted) if ok]
+            x = model.impute(keep)[:, keep].X
+            pred[:, predicted] = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+        return pred, predicted
 
     def run(self, method: Any, fold: Fold, genes: list[str], seed: int) -> pd.DataFrame:
         from stfusion.benchmark.scoring import score_imputation

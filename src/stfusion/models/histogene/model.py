@@ -34,6 +34,17 @@ Choices (documented differences from the reference code):
   (``smooth_targets=0.5``). On her2st fold C4 these took mean r from 0.087 to 0.123 at
   D=128/4 heads, and D=256/8 heads to 0.133 (one seed each; selected on that fold).
   ``tta`` (mean over the 8 flips/rotations) and ``smooth_predictions`` are off by default.
+- ``encoder=NAME`` (any encoder of ``stfusion.models.encoders.available_encoders()``) replaces the
+  flattened pixels by the frozen encoder's embedding of each patch (standardised with the
+  training spots' mean and SD), read at the encoder's field and input size (112 µm, 224 px)
+  unless ``patch_um``/``patch_px`` are given; ``encoder_weights=PATH`` (or ``"hub"``) loads its
+  weights strictly, ``encoder_kwargs`` changes its configuration. The encoder is not trained
+  (a transformer over all spots with a ViT under every token does not fit a CPU); ``augment``
+  and ``tta`` are then off (the embeddings of rotated patches would need 8 forward passes).
+
+At predict time each section's stain is compared with the training sections'
+(:mod:`stfusion.data.shift`); a section far outside logs a warning and the measure is in
+``uns["stfusion"]["stain_shift"]`` of the prediction.
 """
 
 from __future__ import annotations
@@ -49,9 +60,11 @@ import torch
 from stfusion.data.genes import as_section_list, shared_genes
 from stfusion.data.normalize import histogene_normalize, row_totals
 from stfusion.data.patches import read_patches
-from stfusion.data.section import microns_per_pixel, spot_coords, spot_diameter_px
+from stfusion.data.section import microns_per_pixel, section_meta, spot_coords, spot_diameter_px
+from stfusion.data.shift import STAIN_KEY, check_shift, fit_stain_reference, stain_features
 from stfusion.data.stain import StainNormalizer
 from stfusion.models.base import Model, prediction_adata
+from stfusion.models.encoder_ridge.features import FrozenEncoder
 from stfusion.models.histogene import positions as P
 from stfusion.models.histogene import superres as SR
 from stfusion.models.histogene.nn import HisToGeneNet, masked_mse
@@ -138,6 +151,10 @@ class HisToGene(Model):
         Stain normalisation of every patch to a reference fitted on the training patches
         (``"none"``, ``"macenko"``, ``"reinhard"``; :class:`stfusion.data.stain.StainNormalizer`,
         recorded in the card and applied at predict time, also to whole slides).
+    encoder, encoder_weights, encoder_kwargs
+        A registered encoder whose frozen embeddings are the tokens (default: flattened pixels),
+        its weights (local state dict or ``"hub"``; default random init from ``seed``) and
+        configuration overrides.
     """
 
     name: ClassVar[str] = "histogene"
@@ -174,9 +191,15 @@ class HisToGene(Model):
         max_time_s: float | None = None,
         progress: bool = False,
         stain_norm: str = "none",
+        encoder: str | None = None,
+        encoder_weights: str | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(PRESETS)}.")
+        if encoder:  # the encoder's input size (its module is built only when first used)
+            patch_px = patch_px or FrozenEncoder(encoder).preprocessing.input_px
+            augment, tta = False, False
         if normalization not in ("paper", "reference"):
             raise ValueError(f"normalization must be 'paper' or 'reference', got {normalization!r}.")
         SR.factor_to_k(superres_factor)
@@ -190,8 +213,13 @@ class HisToGene(Model):
                   smooth_predictions=float(smooth_predictions), tta=bool(tta),
                   aggregate_superres=bool(aggregate_superres), superres_factor=int(superres_factor), seed=int(seed),
                   stain_norm=str(stain_norm))
+        if encoder:  # only then, so cards and hyperparameters of pixel models stay as they were
+            hp.update(encoder=str(encoder), encoder_weights=None if encoder_weights is None else str(encoder_weights),
+                      encoder_kwargs=dict(encoder_kwargs or {}))  # fmt: skip
         super().__init__(**hp)
         self.stain_ = StainNormalizer(hp["stain_norm"])
+        self.encoder_ = (FrozenEncoder(hp["encoder"], hp["encoder_weights"], hp["encoder_kwargs"], seed=hp["seed"],
+                                       input_px=hp["patch_px"]) if encoder else None)  # fmt: skip
         self.max_time_s, self.progress = max_time_s, progress
         self.net_: HisToGeneNet | None = None
         self.state_: dict[str, Any] = {}
@@ -203,11 +231,17 @@ class HisToGene(Model):
         st, hp = self.state_, self.hyperparams
         return self.pixels(read_patches(section, centres, st["patch_um"], hp["patch_px"]))
 
-    def pixels(self, patches: np.ndarray) -> torch.Tensor:
+    def pixels(self, patches: np.ndarray, *, normalised: bool = False) -> torch.Tensor:
         """uint8 patches (n, px, px, 3) as the network's tokens: stain-normalised (when the model
-        was trained so), scaled to 0-1, standardised per channel, flattened, (n, 3 px²) float32."""
+        was trained so and ``normalised`` is False), scaled to 0-1, standardised per channel,
+        flattened, (n, 3 px²) float32; with an ``encoder``, its standardised embeddings (n, F)."""
         st = self.state_
-        raw = self.stain_.transform(patches).astype(np.float32) / 255.0
+        patches = patches if normalised else self.stain_.transform(patches)
+        if self.encoder_ is not None:
+            x = (self.encoder_.embed(patches) - np.asarray(st["feature_mean"], np.float32)) / np.asarray(
+                st["feature_std"], np.float32)
+            return torch.from_numpy(x.astype(np.float32))
+        raw = patches.astype(np.float32) / 255.0
         raw = (raw - np.asarray(st["pixel_mean"], np.float32)) / np.asarray(st["pixel_std"], np.float32)
         return torch.from_numpy(raw.reshape(len(patches), -1))
 
@@ -256,7 +290,8 @@ class HisToGene(Model):
     # ------------------------------------------------------------------ fit
     def _setup_state(self, sections: list[ad.AnnData]) -> None:
         hp = self.hyperparams
-        patch_um = hp["patch_um"] or float(np.median([spot_diameter_px(s) * microns_per_pixel(s) for s in sections]))
+        patch_um = hp["patch_um"] or (self.encoder_.field_um if self.encoder_ is not None else
+                                      float(np.median([spot_diameter_px(s) * microns_per_pixel(s) for s in sections])))
         self.state_ = {"patch_um": float(patch_um), "pitch_um": P.training_pitch_um(sections),
                        "pixel_mean": [0.0, 0.0, 0.0], "pixel_std": [1.0, 1.0, 1.0],
                        "training_sections": [s.uns.get("stfusion", {}).get("section_id", f"section{i}")
@@ -266,7 +301,8 @@ class HisToGene(Model):
 
     def _build_net(self) -> HisToGeneNet:
         hp = self.hyperparams
-        return HisToGeneNet(3 * hp["patch_px"] ** 2, len(self.genes_), dim=hp["dim"], depth=hp["depth"],
+        patch_dim = self.encoder_.n_features if self.encoder_ is not None else 3 * hp["patch_px"] ** 2
+        return HisToGeneNet(patch_dim, len(self.genes_), dim=hp["dim"], depth=hp["depth"],
                             heads=hp["heads"], dropout=hp["dropout"], grid_size=hp["grid_size"])
 
     def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None) -> HisToGene:
@@ -281,17 +317,27 @@ class HisToGene(Model):
         raw = [read_patches(s, spot_coords(s), size, px) for s in sections]
         self.stain_ = StainNormalizer(hp["stain_norm"]).fit(np.concatenate(raw))
         self.state_["stain"] = self.stain_.to_dict()
-        raw = [self.stain_.transform(r).astype(np.float32) / 255.0 for r in raw]
-        pix = np.concatenate([r.reshape(-1, 3) for r in raw])
-        self.state_["pixel_mean"] = pix.mean(axis=0).tolist()
-        self.state_["pixel_std"] = np.maximum(pix.std(axis=0), 1e-3).tolist()
-        del pix
-        mean, std = (np.asarray(self.state_[k], np.float32) for k in ("pixel_mean", "pixel_std"))
+        raw = [self.stain_.transform(r) for r in raw]
+        self.state_["stain_shift_reference"] = fit_stain_reference(raw, self.state_["training_sections"])
+        if self.encoder_ is not None:
+            raw = [self.encoder_.embed(r) for r in raw]
+            feats = np.concatenate(raw)
+            self.state_["feature_mean"] = feats.mean(axis=0).tolist()
+            self.state_["feature_std"] = np.maximum(feats.std(axis=0), 1e-6).tolist()
+            self.state_["encoder"] = self.encoder_.record()
+            mean, std = (np.asarray(self.state_[k], np.float32) for k in ("feature_mean", "feature_std"))
+        else:
+            raw = [r.astype(np.float32) / 255.0 for r in raw]
+            pix = np.concatenate([r.reshape(-1, 3) for r in raw])
+            self.state_["pixel_mean"] = pix.mean(axis=0).tolist()
+            self.state_["pixel_std"] = np.maximum(pix.std(axis=0), 1e-3).tolist()
+            del pix
+            mean, std = (np.asarray(self.state_[k], np.float32) for k in ("pixel_mean", "pixel_std"))
         targets = self._fit_targets(sections)
         data = []
         for s, r, y in zip(sections, raw, targets, strict=True):
             x = (r - mean) / std
-            x = dihedral_variants(x) if hp["augment"] else x.reshape(len(x), 1, -1)
+            x = dihedral_variants(x) if hp["augment"] and self.encoder_ is None else x.reshape(len(x), 1, -1)
             data.append((torch.from_numpy(x), torch.from_numpy(self._positions(s)), torch.from_numpy(y)))
         seed_everything(hp["seed"])
         self.net_ = self._build_net()
@@ -316,7 +362,7 @@ class HisToGene(Model):
         """Network outputs for one sequence of tokens (mean over the 8 flips/rotations when ``tta``)."""
         net = self._net()
         pos_t = torch.as_tensor(pos, dtype=torch.long)[None]
-        if self.hyperparams["tta"]:
+        if self.hyperparams["tta"] and self.encoder_ is None:
             px = self.hyperparams["patch_px"]
             variants = dihedral_variants(patches.numpy().reshape(len(patches), px, px, 3))
             views = [torch.from_numpy(variants[:, v]) for v in range(variants.shape[1])]
@@ -355,10 +401,18 @@ class HisToGene(Model):
             values = self.aggregate_superres(section, self.hyperparams["superres_factor"])
             return prediction_adata(section, values, genes, method="histogene_star")
         pos = self._positions(section)
-        pred = self._run(self._patches(section, spot_coords(section)), pos)
+        patches = self.stain_.transform(read_patches(section, spot_coords(section), self.state_["patch_um"],
+                                                     self.hyperparams["patch_px"]))  # fmt: skip
+        sid = str(section_meta(section).get("section_id") or "section")
+        shift = check_shift(self.state_.get("stain_shift_reference"), stain_features(patches)[0], who="HisToGene",
+                            section=sid, stain_norm=self.stain_.method)  # fmt: skip
+        pred = self._run(self.pixels(patches, normalised=True), pos)
         if self.hyperparams["smooth_predictions"] > 0:
             pred = smooth_neighbours(pred, self._grid(section), self.hyperparams["smooth_predictions"])
-        return prediction_adata(section, self.to_eval_scale(pred), genes, method=self.name)
+        out = prediction_adata(section, self.to_eval_scale(pred), genes, method=self.name)
+        if shift is not None:
+            out.uns["stfusion"][STAIN_KEY] = shift
+        return out
 
     def _dense(self, section: ad.AnnData, factor: int):
         """Dense grid, sub-patch (ab, log1p values, cover) for the section."""
@@ -429,7 +483,7 @@ class HisToGene(Model):
     def load(cls, directory: str | Path) -> HisToGene:
         model, card = cls.from_card(directory)
         keys = ("patch_um", "pitch_um", "pixel_mean", "pixel_std", "training_sections", "selected_fraction",
-                "target_mean", "target_std", "stain")
+                "target_mean", "target_std", "stain", "stain_shift_reference", "feature_mean", "feature_std", "encoder")
         model.state_ = {k: card[k] for k in keys if k in card}
         model.stain_ = StainNormalizer.from_dict(model.state_.get("stain"))
         model.net_ = model._build_net()

@@ -47,6 +47,7 @@ from torch.utils.data import TensorDataset
 from stfusion import _constants as K
 from stfusion.errors import CountsError, StfusionError
 from stfusion.models.base import NotFittedError
+from stfusion.models.conformal_impute import CalibratedImputerMixin
 from stfusion.models.spaim.nn import SpaIMNet, spaim_loss
 
 __all__ = ["FAST", "SpaIM", "UnimputableGenesError", "cluster_means", "log1p_expression", "reference_clusters"]
@@ -200,14 +201,17 @@ def imputed_anndata(values: np.ndarray, genes: Sequence[str], obs_names: Sequenc
     return out
 
 
-class SpaIM:
+class SpaIM(CalibratedImputerMixin):
     """SpaIM imputer for ONE spatial dataset (its output layer has one unit per spatial cell).
 
     A fitted model predicts only for the cells it was trained on; for other spatial data,
     fit a new model.
 
     ``fit(reference, spatial, genes=None)`` trains on the genes both measure (or ``genes``);
-    ``impute(genes)`` predicts reference genes for every cell of that same spatial data.
+    ``impute(genes)`` predicts reference genes for every cell of that same spatial data;
+    after ``calibrate(reference, spatial)`` (``n_folds`` more fits, see
+    :mod:`stfusion.models.conformal_impute`) ``impute(genes, coverage=0.9)`` adds
+    TISSUE-style interval layers ``lower``/``upper``.
 
     Parameters
     ----------
@@ -262,6 +266,7 @@ class SpaIM:
     def fit(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str] | None = None) -> SpaIM:
         """Train on ``genes`` (default: every gene both datasets measure) of this spatial data."""
         hp = self.hyperparams
+        self.calibration_ = None  # a calibration belongs to one fit
         train = self._training_genes(reference, spatial, genes)
         codes, names, how = reference_clusters(reference, hp["n_clusters"], cluster_key=hp["cluster_key"],
                                                resolution=hp["resolution"], seed=hp["seed"])  # fmt: skip
@@ -334,8 +339,12 @@ class SpaIM:
         _check_imputable(genes, idx, content.max(axis=1, initial=0.0) > 0)
         return np.ascontiguousarray(content)
 
-    def impute(self, genes: Sequence[str]) -> ad.AnnData:
-        """Spatial cells x ``genes`` (in that order), log1p space of the spatial data, negatives set to 0."""
+    def impute(self, genes: Sequence[str], coverage: float | None = None) -> ad.AnnData:
+        """Spatial cells x ``genes`` (in that order), log1p space of the spatial data, negatives set to 0.
+
+        ``coverage`` (e.g. 0.9): add calibrated intervals (``layers["lower"]``/``["upper"]``);
+        needs :meth:`calibrate` first.
+        """
         net = self._check_fitted()
         genes = [str(g) for g in genes]
         if len(set(genes)) != len(genes):
@@ -348,7 +357,11 @@ class SpaIM:
             for i in range(0, len(genes), step):
                 fake = net.generate(content[i : i + step].to(device))["fake"].cpu().numpy()
                 np.clip(fake.T, 0.0, None, out=values[:, i : i + step])
-        return self._wrap(values, genes)
+        return self._with_intervals(self._wrap(values, genes), coverage)
+
+    def _measured_genes(self) -> list[str]:
+        self._check_fitted()
+        return list(self.genes_)
 
     def fit_impute(self, reference: ad.AnnData, spatial: ad.AnnData, genes: Sequence[str]) -> ad.AnnData:
         """Train on the shared genes other than ``genes``, then impute ``genes``."""
@@ -376,7 +389,8 @@ class SpaIM:
         }  # fmt: skip
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.json`` (card) and ``weights.pt`` (tensors only: net, content, obsm)."""
+        """Write ``model.json`` (card) and ``weights.pt`` (tensors only: net, content, obsm), and the
+        interval calibration when there is one (``calibration.json``/``.npz``)."""
         net = self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -385,6 +399,7 @@ class SpaIM:
         tensors.update({f"obsm.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.obsm_.items()})
         torch.save(tensors, directory / WEIGHTS_FILE)
         (directory / CARD_FILE).write_text(json.dumps(self.card(), indent=1))
+        self._save_calibration(directory)
         return directory
 
     @classmethod
@@ -409,6 +424,7 @@ class SpaIM:
         net = SpaIMNet(len(model.clusters_), len(model.obs_names_), tuple(hp["hidden"]))
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         model.net_ = net.to(_device(hp["device"])).eval()
+        model._load_calibration(directory)
         return model
 
 

@@ -22,6 +22,18 @@ Presets (``preset=``; explicit arguments override them):
 ``frozen=True`` computes backbone features once (the mean over the 8 symmetries) and fits
 only the head, in closed form by ridge regression (alpha per gene by generalised
 cross-validation). With a random-init backbone these are *random* convolutional features.
+
+``encoder=NAME`` takes any registered encoder as the backbone (``stfusion.models.encoders``:
+the CNN backbones and the pathology encoders ``resnet50_trunc``, ``uni``, ``h_optimus_0``,
+``virchow2``, ``phikon_v2``), ``encoder_weights=PATH`` (or ``"hub"``) its weights in the published
+layout (loaded strictly) and ``encoder_kwargs`` configuration overrides. A pathology encoder
+brings its preprocessing: patches of its field (112 µm) at its input size (224 px) unless
+``patch_um``/``out_px`` are given, and its own mean/std instead of the training patches'. On a CPU
+use ``frozen=True`` with the ViTs (a ViT-L forward pass takes seconds per patch on 2 cores).
+
+At predict time each section's stain is compared with the training sections'
+(:mod:`stfusion.data.shift`); a section far outside logs a warning, and the measure is in
+``uns["stfusion"]["stain_shift"]`` of the prediction.
 """
 
 from __future__ import annotations
@@ -42,10 +54,11 @@ from stfusion.data.genes import as_section_list, resolve_genes
 from stfusion.data.normalize import normalize
 from stfusion.data.patches import read_patches
 from stfusion.data.section import library_id, section_meta, spot_coords
+from stfusion.data.shift import STAIN_KEY, check_shift, fit_stain_reference, stain_features
 from stfusion.data.stain import StainNormalizer, hed_jitter
 from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata, target_expression
-from stfusion.models.encoders import make_backbone
+from stfusion.models.encoders import ENCODERS, encoder_spec, make_backbone, make_encoder
 from stfusion.models.stnet.nn import STNetNet, channel_stats, mse_loss, predict_arrays
 
 log = logging.getLogger("stfusion")
@@ -107,8 +120,15 @@ class STNet(Model):
         ``"paper"`` (default) or ``"fast"``; fills every argument left at None.
     backbone, weights
         Backbone name and an optional local torchvision-layout state dict (default: random init).
+    encoder, encoder_weights, encoder_kwargs
+        Any registered encoder as the backbone (``available_backbones()`` or
+        ``available_encoders()``), its weights (local state dict in the published layout, or
+        ``"hub"``; default: random init) and configuration overrides (e.g. ``{"depth": 2}``). A
+        pathology encoder sets ``patch_um``/``out_px`` and the input normalisation from its
+        preprocessing (112 µm at 224 px).
     patch_um, out_px
-        Physical field of a patch (µm) and its side in pixels after resampling.
+        Physical field of a patch (µm; default 150, or the encoder's) and its side in pixels after
+        resampling.
     epochs, lr, batch_size
         SGD (momentum 0.9) settings.
     frozen
@@ -142,7 +162,7 @@ class STNet(Model):
         preset: str = "paper",
         backbone: str | None = None,
         weights: str | None = None,
-        patch_um: float = 150.0,
+        patch_um: float | None = None,
         out_px: int | None = None,
         epochs: int | None = None,
         lr: float | None = None,
@@ -158,12 +178,18 @@ class STNet(Model):
         progress: bool = False,
         stain_norm: str = "none",
         stain_augment: float = 0.0,
+        encoder: str | None = None,
+        encoder_weights: str | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise StfusionError(f"Unknown ST-Net preset {preset!r}; use one of {sorted(PRESETS)}.")
         super().__init__(
             preset=preset, backbone=backbone, weights=None if weights is None else str(weights),
-            patch_um=float(patch_um), out_px=out_px, epochs=epochs, lr=lr, batch_size=int(batch_size),
+            encoder=encoder, encoder_weights=None if encoder_weights is None else str(encoder_weights),
+            encoder_kwargs=dict(encoder_kwargs or {}),
+            patch_um=None if patch_um is None else float(patch_um), out_px=out_px, epochs=epochs, lr=lr,
+            batch_size=int(batch_size),
             frozen=frozen, epoch_selection=epoch_selection, width=width, target=target, patience=int(patience),
             tta=bool(tta), seed=int(seed), max_time_s=max_time_s, progress=bool(progress),
             stain_norm=str(stain_norm), stain_augment=float(stain_augment),
@@ -177,6 +203,21 @@ class STNet(Model):
 
     def _resolve(self) -> dict[str, Any]:
         cfg = dict(self.hyperparams)
+        cfg.setdefault("encoder", None)  # cards written before encoders were accepted
+        cfg["encoder_kwargs"] = dict(cfg.get("encoder_kwargs") or {})
+        if cfg["encoder"]:
+            name = str(cfg["encoder"]).lower().replace("-", "_")
+            if cfg["backbone"] and str(cfg["backbone"]).lower().replace("-", "_") != name:
+                raise StfusionError(f"Pass either backbone={cfg['backbone']!r} or encoder={cfg['encoder']!r}, not both.")
+            if cfg["weights"] and cfg.get("encoder_weights") and cfg["weights"] != cfg["encoder_weights"]:
+                raise StfusionError("Pass the encoder's weights once (encoder_weights=PATH).")
+            cfg["backbone"], cfg["weights"] = name, cfg.get("encoder_weights") or cfg["weights"]
+            if name in ENCODERS:
+                prep = encoder_spec(name).preprocessing
+                cfg["out_px"] = cfg["out_px"] or prep.input_px
+                cfg["patch_um"] = cfg["patch_um"] or prep.field_um
+        if cfg["patch_um"] is None:
+            cfg["patch_um"] = 150.0
         for key, value in PRESETS[cfg["preset"]].items():
             if cfg.get(key) is None:
                 cfg[key] = value
@@ -187,7 +228,13 @@ class STNet(Model):
         if int(cfg["out_px"]) < 16 or not cfg["patch_um"] > 0:
             raise StfusionError(f"out_px must be at least 16 and patch_um positive, got {cfg['out_px']} and {cfg['patch_um']}.")
         cfg["out_px"], cfg["epochs"], cfg["lr"] = int(cfg["out_px"]), int(cfg["epochs"]), float(cfg["lr"])
+        cfg["patch_um"] = float(cfg["patch_um"])
         return cfg
+
+    @property
+    def foundation_encoder(self) -> bool:
+        """Whether the backbone is a pathology encoder of ``ENCODERS`` (it brings its own mean/std)."""
+        return self.config["backbone"] in ENCODERS
 
     @property
     def weights_source(self) -> str:
@@ -198,8 +245,14 @@ class STNet(Model):
         """A fresh network (backbone initialised from ``weights`` when given and ``load_weights``)."""
         cfg = self.config
         kwargs = {"width": int(cfg["width"])} if cfg["backbone"] == "small_cnn" and cfg["width"] else {}
+        kwargs.update(cfg["encoder_kwargs"])
         weights = cfg["weights"] if load_weights else None
-        backbone, n_features = make_backbone(cfg["backbone"], weights, **kwargs)
+        if self.foundation_encoder:
+            backbone, _ = make_encoder(cfg["backbone"], weights, **kwargs)
+            backbone.train()
+            n_features = backbone.n_features
+        else:
+            backbone, n_features = make_backbone(cfg["backbone"], weights, **kwargs)
         return STNetNet(backbone, n_features, n_genes, channel_mean, channel_std)
 
     def targets(self, section: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
@@ -225,7 +278,11 @@ class STNet(Model):
         xs = [self.patches(s) for s in sections]
         self.stain_ = StainNormalizer(self.config["stain_norm"]).fit(np.concatenate(xs))
         xs = [self.stain_.transform(x) for x in xs]
+        stain_reference = fit_stain_reference(xs, [_section_name(s) for s in sections])
         mean, std = channel_stats(np.concatenate(xs))
+        if self.foundation_encoder:  # the encoder's weights expect their own normalisation
+            prep = encoder_spec(self.config["backbone"]).preprocessing
+            mean, std = list(prep.mean), list(prep.std)
         log.info(f"ST-Net backbone {self.config['backbone']}: weights = {self.weights_source}")
         torch.manual_seed(self.config["seed"])
         net = self.build_net(len(genes), mean, std)
@@ -238,6 +295,7 @@ class STNet(Model):
         self.info_["training_sections"] = [_section_name(s) for s in sections]
         self.info_["channel_mean"], self.info_["channel_std"] = mean, std
         self.info_["stain"] = self.stain_.to_dict()
+        self.info_["stain_shift_reference"] = stain_reference
         return self
 
     def _fit_sgd(self, net: STNetNet, xs: list[np.ndarray], ys: list[np.ndarray], n_genes: int, stats) -> tuple[STNetNet, dict]:
@@ -281,16 +339,22 @@ class STNet(Model):
 
     def _predict(self, section: ad.AnnData) -> ad.AnnData:
         genes = self._check_fitted()
-        values, emb = self.predict_patches(self.patches(section))
+        patches = self.stain_.transform(self.patches(section))
+        shift = check_shift(self.info_.get("stain_shift_reference"), stain_features(patches)[0], who="ST-Net",
+                            section=_section_name(section), stain_norm=self.stain_.method)  # fmt: skip
+        values, emb = predict_arrays(self.net_, patches, tta=self.config["tta"], progress=self.config["progress"])
         out = prediction_adata(section, values, genes, method=self.name, space=self.expression_space)
         out.obsm[EMBEDDING_KEY] = emb
         out.uns[K.STFUSION].update(self._provenance())
+        if shift is not None:
+            out.uns[K.STFUSION][STAIN_KEY] = shift
         return out
 
     def _provenance(self) -> dict[str, Any]:
         return {
             "backbone": self.config["backbone"],
             "backbone_weights": self.weights_source,
+            "encoder": self.config["backbone"] if self.config["encoder"] else "none",
             "patch_field_um": self.config["patch_um"],
             "out_px": self.config["out_px"],
             "preset": self.config["preset"],
@@ -312,7 +376,11 @@ class STNet(Model):
                 f"No tissue tile found in {image_path} (every {self.config['patch_um']:g} µm tile is mostly white). "
                 "Check the image and --microns-per-pixel."
             )
-        values, emb = self.predict_patches(tiles.patches)
+        patches = self.stain_.transform(tiles.patches)
+        source = str(Path(image_path).resolve()) if not isinstance(image_path, np.ndarray) else "array"
+        shift = check_shift(self.info_.get("stain_shift_reference"), stain_features(patches)[0], who="ST-Net",
+                            section=Path(source).name, stain_norm=self.stain_.method)  # fmt: skip
+        values, emb = predict_arrays(self.net_, patches, tta=self.config["tta"], progress=self.config["progress"])
         names = [f"tile_{r}_{c}" for r, c in tiles.grid_rc]
         obs = pd.DataFrame({"grid_row": tiles.grid_rc[:, 0], "grid_col": tiles.grid_rc[:, 1]}, index=names)
         out = ad.AnnData(X=values.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
@@ -321,12 +389,13 @@ class STNet(Model):
         bulk = values.mean(axis=0)
         out.var[PSEUDO_BULK_KEY] = bulk
         out.uns[PSEUDO_BULK_KEY] = bulk
-        source = str(Path(image_path).resolve()) if not isinstance(image_path, np.ndarray) else "array"
         out.uns[K.STFUSION] = {
             "method": self.name, "expression_space": self.expression_space, "source_image_path": source,
             "microns_per_pixel": float(microns_per_pixel), "n_tiles": len(names), "n_tiles_total": tiles.n_total,
             **self._provenance(),
         }
+        if shift is not None:
+            out.uns[K.STFUSION][STAIN_KEY] = shift
         return out
 
     def slide_adapter(self, *, lattice: str | None = None, spacing_um: float | None = None, chunk_spots: int = 256,

@@ -80,7 +80,7 @@ class _Scorer:
     def __init__(self, net: XFuseNet, expr: ExpressionModel, batch: Batch, weight: float) -> None:
         feats = net.features(net.encode(batch.image).sample(mean=True))
         field = net.field_at(batch.place, feats.shape[-2:])
-        self.s = net.scale(feats, field)
+        self.s = net.scale(feats, field, batch.image)
         self.logits = net.metagene_logits(feats, expr.active, field)
         self.draw = expr.sample(mean=True)
         self.offsets = expr.area_offsets(batch)

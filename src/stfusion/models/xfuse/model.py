@@ -94,6 +94,11 @@ class XFuse(Model):
         A per-section, per-gene Gaussian-process random effect on the log rates
         (:mod:`.gene_field`); False (default): none, the paper's model. On the MOB hold-out
         it beat the Gaussian process with ``expr_lr=0.03`` (benchmarks/xfuse/README.md).
+    image_scale
+        Add to the scale's pre-activation a linear map of the image's local colour statistics
+        (means of each channel and its square over 50 µm at the fast preset): a direct image ->
+        spot depth path that learns within a few hundred steps, where the decoder's path needs
+        the latent representation first. False (default): the paper's model (stfusion's extension).
     max_time_s, progress, augment
         Wall-clock budget of training; progress bars; patch augmentation.
     preset
@@ -126,6 +131,7 @@ class XFuse(Model):
         expression_field_um: float = 0.0,
         field_smoothness: float = 0.0,
         gene_field: bool = False,
+        image_scale: bool = False,
         samples: int = 10,
         seed: int = 0,
         max_time_s: float | None = None,
@@ -143,7 +149,7 @@ class XFuse(Model):
         hp.update(preset=preset, epochs=epochs, max_metagenes=int(max_metagenes), kl_warmup=float(kl_warmup),
                   expr_warmup=float(expr_warmup), metagene_drop=bool(metagene_drop),
                   expression_field_um=float(expression_field_um), field_smoothness=float(field_smoothness),
-                  gene_field=bool(gene_field),
+                  gene_field=bool(gene_field), image_scale=bool(image_scale),
                   samples=int(samples), seed=int(seed), max_time_s=max_time_s, augment=bool(augment))
         if hp["resolution_um"] <= 0 or hp["patch_px"] < 8 or hp["batch_size"] < 1 or hp["max_metagenes"] < 1:
             raise StfusionError("XFuse needs resolution_um > 0, patch_px >= 8, batch_size >= 1 and max_metagenes >= 1.")
@@ -187,17 +193,27 @@ class XFuse(Model):
     # ------------------------------------------------------------------ fit
     def _build(self, n_genes: int, n_effects: int) -> None:
         hp = self.hyperparams
-        self.net_ = XFuseNet(hp["depth"], hp["base_width"], hp["max_metagenes"])
+        self.net_ = XFuseNet(hp["depth"], hp["base_width"], hp["max_metagenes"], image_scale=bool(hp.get("image_scale", False)))
         self.expr_ = ExpressionModel(n_genes, hp["max_metagenes"], n_effects)
 
     def fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None,
-            covariates: Sequence[Mapping[str, Any]] | None = None) -> XFuse:
+            covariates: Sequence[Mapping[str, Any]] | None = None, *, calibration: str | None = None,
+            calibration_fraction: float = 0.2) -> XFuse:
         """Train on sections (counts + images). ``covariates``: one ``{name: value}`` per section.
+
+        ``calibration``: hold out data for a conformal recalibration of the posterior intervals
+        (:meth:`Model.fit`; default None: no hold-out, the posterior SD as it is). The
+        calibration scores are SD-normalised, ``|measured - mean| / SD``, so a recalibrated
+        interval keeps the posterior's shape and only its scale changes per gene.
 
         (XFuse's signature for :meth:`Model.fit`, which records the training data for the card
         and runs :meth:`_fit`.)
         """
-        return super().fit(train_sections, genes, covariates=covariates)
+        if covariates is not None and calibration not in (None, "spots"):
+            raise StfusionError("with covariates (one per section) hold out spots for calibration (calibration='spots'), "
+                                "or fit without calibration and call model.calibrate(held_out_sections) afterwards.")
+        return super().fit(train_sections, genes, covariates=covariates, calibration=calibration,
+                           calibration_fraction=calibration_fraction)
 
     def _fit(self, train_sections: Sequence[ad.AnnData], genes: Sequence[str] | None = None,
              covariates: Sequence[Mapping[str, Any]] | None = None) -> XFuse:
@@ -316,7 +332,8 @@ class XFuse(Model):
 
     # ------------------------------------------------------------------ predict
     def predict(self, section: ad.AnnData, samples: int | None = None, genes: Sequence[str] | None = None,
-                covariates: Mapping[str, Any] | None = None) -> ad.AnnData:
+                covariates: Mapping[str, Any] | None = None, *, coverage: float | None = None,
+                interval: str = "auto") -> ad.AnnData:
         """Expression of the section's spots (see the module docstring for X and the layers).
 
         Works for any section with an image: one used in training, held-out spots of it,
@@ -325,10 +342,17 @@ class XFuse(Model):
         the section's ``{name: value}`` (default: those of the training section with the same
         section id, else none).
 
+        ``coverage`` (e.g. 0.9): layers ``lower``/``upper``. ``interval="model"``: the posterior
+        interval ``X ± z SD`` (normal approximation of the posterior of the expected expression;
+        it leaves out the counting noise of a measured spot, so it is narrower than a measured
+        value's spread); ``"conformal"``: recalibrated on held-out data (``fit(calibration=...)``
+        or :meth:`calibrate`); ``"auto"``: conformal when calibrated, else the posterior.
+
         (XFuse's signature for :meth:`Model.predict`, which checks the section's scale and runs
         :meth:`_predict`.)
         """
-        return super().predict(section, samples=samples, genes=genes, covariates=covariates)
+        return super().predict(section, samples=samples, genes=genes, covariates=covariates, coverage=coverage,
+                               interval=interval)
 
     def _predict(self, section: ad.AnnData, samples: int | None = None, genes: Sequence[str] | None = None,
                  covariates: Mapping[str, Any] | None = None) -> ad.AnnData:

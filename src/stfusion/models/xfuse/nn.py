@@ -89,6 +89,16 @@ class Latents:
         return total
 
 
+IMAGE_SCALE_KERNEL = 5  # working pixels averaged by the image-scale path (50 µm at the fast preset's 10 µm/px)
+
+
+def local_colour_stats(image: torch.Tensor, kernel: int = IMAGE_SCALE_KERNEL) -> torch.Tensor:
+    """Local means of each channel and of its square over ``kernel`` x ``kernel`` pixels, (B, 6, H, W):
+    how dark and how varied (cell-dense) the tissue around each pixel looks."""
+    x = torch.cat([image, image * image], dim=1)
+    return F.avg_pool2d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+
+
 class XFuseNet(nn.Module):
     """Encoder + decoder + heads; see the module docstring.
 
@@ -100,7 +110,8 @@ class XFuseNet(nn.Module):
         Metagene logit channels (the cap of drop-and-split; inactive ones are masked).
     """
 
-    def __init__(self, depth: int = 6, base_width: int = 16, max_metagenes: int = 40, max_width: int = 512) -> None:
+    def __init__(self, depth: int = 6, base_width: int = 16, max_metagenes: int = 40, max_width: int = 512,
+                 image_scale: bool = False) -> None:
         super().__init__()
         if depth < 1 or base_width < 1 or max_metagenes < 1:
             raise ValueError(f"depth, base_width and max_metagenes must be >= 1, got {depth}, {base_width}, {max_metagenes}.")
@@ -116,6 +127,8 @@ class XFuseNet(nn.Module):
         self.image_sd_head = nn.Conv2d(ws[0], 3, 1)
         self.scale_head = nn.Conv2d(ws[0], 1, 1)
         self.metagene_head = nn.Conv2d(ws[0], int(max_metagenes), 1)
+        # stfusion's extension (not the paper's): the image's local colour statistics -> log scale
+        self.image_scale_head = nn.Conv2d(2 * 3, 1, 1) if image_scale else None
         self.field = None  # per-section expression field (:class:`.field.ExpressionField`), when trained with one
         self._init_heads()
 
@@ -133,6 +146,9 @@ class XFuseNet(nn.Module):
         nn.init.zeros_(self.metagene_head.bias)
         nn.init.normal_(self.scale_head.weight, std=1e-2)
         nn.init.constant_(self.scale_head.bias, 0.5413)  # softplus(0.5413) = 1: s starts at 1
+        if self.image_scale_head is not None:  # starts with no effect
+            nn.init.zeros_(self.image_scale_head.weight)
+            nn.init.zeros_(self.image_scale_head.bias)
 
     @torch.no_grad()
     def init_image_heads(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
@@ -178,9 +194,14 @@ class XFuseNet(nn.Module):
             return None
         return self.field.read(place, hw)
 
-    def scale(self, feats: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-pixel scale s >= 0, (B, 1, H, W); ``field``: :meth:`field_at`'s offsets."""
+    def scale(self, feats: torch.Tensor, field: torch.Tensor | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel scale s >= 0, (B, 1, H, W); ``field``: :meth:`field_at`'s offsets; ``image``: the
+        network's input, read by the image-scale path when the network has one."""
         pre = self.scale_head(feats)
+        if self.image_scale_head is not None:
+            if image is None:
+                raise ValueError("this XFuse network reads the image for its scale (image_scale=True): pass image=.")
+            pre = pre + self.image_scale_head(local_colour_stats(image))
         return F.softplus(pre if field is None else pre + field[:, -1:])
 
     def metagene_logits(self, feats: torch.Tensor, active: torch.Tensor, field: torch.Tensor | None = None) -> torch.Tensor:

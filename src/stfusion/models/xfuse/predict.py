@@ -129,7 +129,7 @@ def _tile_maps(net: XFuseNet, image01: torch.Tensor, tiles, n_samples: int, acti
         field = net.field_at(place, x.shape[-2:])
         for n in range(n_samples):
             feats = net.features(latents.sample(gen, mean=mean))
-            s_all, a_all = net.scale(feats, field)[:, 0], net.activities(feats, active, field)
+            s_all, a_all = net.scale(feats, field, x)[:, 0], net.activities(feats, active, field)
             for t, (i0, i1, j0, j1) in enumerate(part):
                 rows, cols = slice(c, c + i1 - i0), slice(c, c + j1 - j0)
                 yield (i0, i1, j0, j1), n, s_all[t, rows, cols], a_all[t, :, rows, cols]

@@ -54,7 +54,7 @@ def elbo_terms(net: XFuseNet, expr: ExpressionModel, batch: Batch, weight: float
     ll_img = ((-0.5 * ((batch.image - mu) / sd) ** 2 - torch.log(sd) - 0.5 * _LOG_2PI) * batch.valid).sum()
     kl_z = latents.kl(batch.valid).sum()
     field = net.field_at(batch.place, feats.shape[-2:])
-    sa = net.scale(feats, field) * net.activities(feats, expr.active, field)
+    sa = net.scale(feats, field, batch.image) * net.activities(feats, expr.active, field)
     draw = expr.sample(generator)
     ll_expr = sa.new_zeros(())
     for b, offset in enumerate(expr.area_offsets(batch)):
@@ -84,6 +84,8 @@ def make_optimizer(net: XFuseNet, expr: ExpressionModel, lr: float, expr_lr: flo
     mean, and so the latent representation, of gradient early on.
     """
     heads = [*net.scale_head.parameters(), *net.metagene_head.parameters()]
+    if net.image_scale_head is not None:
+        heads += list(net.image_scale_head.parameters())
     if net.field is not None:  # the per-section expression field: fitted like the expression part
         heads += list(net.field.parameters())
     sd_head = list(net.image_sd_head.parameters())
