@@ -296,7 +296,25 @@ class STNet(Model):
         self.info_["channel_mean"], self.info_["channel_std"] = mean, std
         self.info_["stain"] = self.stain_.to_dict()
         self.info_["stain_shift_reference"] = stain_reference
+        self.info_["stain_shift_reference_tiles"] = self._tile_stain_reference(sections)
         return self
+
+    def _tile_stain_reference(self, sections: Sequence[ad.AnnData]) -> dict | None:
+        """The stain reference over the tissue tiles of the training images: what :meth:`predict_image`
+        compares an H&E-only slide with (a slide's tiles cover more tissue than its spots do)."""
+        from stfusion.data.section import fullres_path, microns_per_pixel
+        from stfusion.models.stnet.tiling import tissue_tiles
+
+        sets, names = [], []
+        for s in sections:
+            path = fullres_path(s)
+            if path is None or not Path(path).exists():
+                continue
+            tiles = tissue_tiles(path, microns_per_pixel(s), self.config["patch_um"], self.config["out_px"])
+            if len(tiles.patches):
+                sets.append(self.stain_.transform(tiles.patches))
+                names.append(_section_name(s))
+        return fit_stain_reference(sets, names) if sets else None
 
     def _fit_sgd(self, net: STNetNet, xs: list[np.ndarray], ys: list[np.ndarray], n_genes: int, stats) -> tuple[STNetNet, dict]:
         cfg = self.config
@@ -378,8 +396,9 @@ class STNet(Model):
             )
         patches = self.stain_.transform(tiles.patches)
         source = str(Path(image_path).resolve()) if not isinstance(image_path, np.ndarray) else "array"
-        shift = check_shift(self.info_.get("stain_shift_reference"), stain_features(patches)[0], who="ST-Net",
-                            section=Path(source).name, stain_norm=self.stain_.method)  # fmt: skip
+        reference = self.info_.get("stain_shift_reference_tiles") or self.info_.get("stain_shift_reference")
+        shift = check_shift(reference, stain_features(patches)[0], who="ST-Net", section=Path(source).name,
+                            stain_norm=self.stain_.method)  # fmt: skip
         values, emb = predict_arrays(self.net_, patches, tta=self.config["tta"], progress=self.config["progress"])
         names = [f"tile_{r}_{c}" for r, c in tiles.grid_rc]
         obs = pd.DataFrame({"grid_row": tiles.grid_rc[:, 0], "grid_col": tiles.grid_rc[:, 1]}, index=names)
