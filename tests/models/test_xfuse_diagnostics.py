@@ -50,3 +50,46 @@ def test_too_short_fit_warns_and_the_card_records_the_metagenes(tmp_path, caplog
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("ended with 1 metagene" in w and "raise steps above 63" in w for w in warnings), warnings
     assert model.card()["metagenes"] == 1
+
+
+def test_synthetic_summary_has_a_legend_and_a_labelled_sd_colour_bar(tmp_path, monkeypatch) -> None:
+    import dataclasses
+    import types
+
+    from matplotlib.figure import Figure
+
+    from stfusion.models.xfuse.experiments import SyntheticResult, save_figures
+
+    saved = {}
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: (saved.__setitem__(str(path), fig), original(fig, path, **kw))[1])
+    rng = np.random.default_rng(0)
+    values = {"label_map": rng.integers(0, 2, (8, 9)), "mean": rng.random((2, 8, 9)), "sd": rng.random((2, 8, 9)),
+              "share_sd": rng.random((8, 9)), "auc": {"subtype_0": 0.9, "subtype_1": 0.8}}
+    result = SyntheticResult(**{f.name: values.get(f.name) for f in dataclasses.fields(SyntheticResult)})
+    section = types.SimpleNamespace(uns={"synthetic": {"subtype_colors": [[200, 30, 30], [30, 30, 200]], "reads_per_pixel": 2.0}})
+    paths = save_figures(result, section, tmp_path)
+    fig = saved[str(paths["summary"])]
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["subtype 0 (marker_0)", "subtype 1 (marker_1)"]
+    colour_bar = [ax for ax in fig.axes if ax.get_ylabel()]
+    assert [ax.get_ylabel() for ax in colour_bar] == ["SD of the share (0-1)"]
+
+
+def test_a_nearly_flat_preview_has_plain_colour_bar_ticks(tmp_path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    from stfusion.models.xfuse.outputs import save_preview
+
+    saved = {}
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: (saved.__setitem__("fig", fig), original(fig, path, **kw))[1])
+    flat = 6.688375 + 1e-7 * np.random.default_rng(0).random((6, 7))
+    save_preview(tmp_path / "p.png", flat, flat * 0 + 0.01, "Actb", 10.0)
+    fig = saved["fig"]
+    fig.canvas.draw()
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    for bar in bars:
+        assert not bar.yaxis.get_offset_text().get_text()  # no "1e-7+6.688375" above the bar
+    assert fig.axes[0].images[0].get_clim()[1] - fig.axes[0].images[0].get_clim()[0] > 1e-3  # noise not stretched

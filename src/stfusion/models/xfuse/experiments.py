@@ -189,10 +189,14 @@ def save_figures(result: SyntheticResult, section, out_dir: str | Path) -> dict[
     axes[1].set_title("inferred (marker shares x expression)")
     im = axes[2].imshow(result.share_sd, cmap="magma")
     axes[2].set_title("predictive SD of the called\nsubtype's share of the markers")
-    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04, label="SD of the share (0-1)")
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=colors[k], label=f"subtype {k} (marker_{k})") for k in range(k_n)],
+               loc="lower center", ncol=min(k_n, 6), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     paths["summary"] = out_dir / "synthetic_summary.png"
     fig.savefig(paths["summary"], dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -174,14 +174,17 @@ def save_preview(path: Path, mean: np.ndarray, sd: np.ndarray | None, title: str
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from stfusion.pl.style import add_colorbar, colour_limits
+
     panels = [("mean", mean, "viridis")] + ([("SD", sd, "magma")] if sd is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     extent = (0, mean.shape[1] * um, mean.shape[0] * um, 0)
     for ax, (label, img, cmap) in zip(axes[0], panels, strict=True):
-        im = ax.imshow(img, cmap=cmap, extent=extent, interpolation="nearest")
+        vmin, vmax = colour_limits(img)  # a nearly flat map shows one colour, not its float noise
+        im = ax.imshow(img, cmap=cmap, extent=extent, interpolation="nearest", vmin=vmin, vmax=vmax)
         ax.set_title(f"{title}: {label}")
         ax.set_xlabel("µm")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        add_colorbar(fig, im, ax)  # plain ticks: no '1e-7+6.688375' offset
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
