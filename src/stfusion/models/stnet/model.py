@@ -55,6 +55,7 @@ from stfusion.data.normalize import normalize
 from stfusion.data.patches import read_patches
 from stfusion.data.section import library_id, section_meta, spot_coords
 from stfusion.data.shift import STAIN_KEY, check_shift, fit_stain_reference, stain_features
+from stfusion.models.stnet.tiling import tile_stain_reference
 from stfusion.data.stain import StainNormalizer, hed_jitter
 from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata, target_expression
@@ -296,25 +297,9 @@ class STNet(Model):
         self.info_["channel_mean"], self.info_["channel_std"] = mean, std
         self.info_["stain"] = self.stain_.to_dict()
         self.info_["stain_shift_reference"] = stain_reference
-        self.info_["stain_shift_reference_tiles"] = self._tile_stain_reference(sections)
+        self.info_["stain_shift_reference_tiles"] = tile_stain_reference(
+            sections, self.info_["training_sections"], self.stain_.transform, self.config["patch_um"], self.config["out_px"])
         return self
-
-    def _tile_stain_reference(self, sections: Sequence[ad.AnnData]) -> dict | None:
-        """The stain reference over the tissue tiles of the training images: what :meth:`predict_image`
-        compares an H&E-only slide with (a slide's tiles cover more tissue than its spots do)."""
-        from stfusion.data.section import fullres_path, microns_per_pixel
-        from stfusion.models.stnet.tiling import tissue_tiles
-
-        sets, names = [], []
-        for s in sections:
-            path = fullres_path(s)
-            if path is None or not Path(path).exists():
-                continue
-            tiles = tissue_tiles(path, microns_per_pixel(s), self.config["patch_um"], self.config["out_px"])
-            if len(tiles.patches):
-                sets.append(self.stain_.transform(tiles.patches))
-                names.append(_section_name(s))
-        return fit_stain_reference(sets, names) if sets else None
 
     def _fit_sgd(self, net: STNetNet, xs: list[np.ndarray], ys: list[np.ndarray], n_genes: int, stats) -> tuple[STNetNet, dict]:
         cfg = self.config

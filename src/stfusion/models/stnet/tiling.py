@@ -84,3 +84,22 @@ def tissue_tiles(
     kept_idx = np.asarray(kept, dtype=int)
     stack = np.stack(patches) if patches else np.zeros((0, out_px, out_px, 3), np.uint8)
     return Tiles(centers[kept_idx], rc[kept_idx], stack, len(centers))
+
+
+def tile_stain_reference(sections, names, transform, field_um: float, out_px: int) -> dict | None:
+    """The stain reference over the tissue tiles of the training images (after ``transform``, the
+    model's stain normaliser): what an H&E-only slide's tiles are compared with, since a slide's
+    tiles cover more tissue than its spots do. None when no section has a full-resolution image."""
+    from stfusion.data.section import fullres_path, microns_per_pixel
+    from stfusion.data.shift import fit_stain_reference
+
+    sets, kept = [], []
+    for s, name in zip(sections, names, strict=True):
+        path = fullres_path(s)
+        if path is None or not Path(path).exists():
+            continue
+        tiles = tissue_tiles(path, microns_per_pixel(s), field_um, out_px)
+        if len(tiles.patches):
+            sets.append(transform(tiles.patches))
+            kept.append(name)
+    return fit_stain_reference(sets, kept) if sets else None
