@@ -128,6 +128,12 @@ def test_content_is_the_cluster_mean_of_log1p_cp10k():
     np.testing.assert_allclose(raw, np.log1p(x), rtol=1e-6)
 
 
+def test_target_sum_false_from_a_toml_config_means_raw_log1p():
+    assert SpaIM(target_sum=False).hyperparams["target_sum"] is None
+    assert SpaIM(target_sum=None).hyperparams["target_sum"] is None
+    assert SpaIM().hyperparams["target_sum"] == 1e4
+
+
 def test_kmeans_clusters_without_labels_recover_the_cell_types():
     from sklearn.metrics import adjusted_rand_score
 

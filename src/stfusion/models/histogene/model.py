@@ -441,7 +441,7 @@ class HisToGene(Model):
         """
         genes = self._check_fitted()
         grid, ab, values, cover = self._dense(section, factor)
-        return superres_adata(section, grid, ab, values, cover, genes, self.state_["patch_um"], factor)
+        return SR.superres_adata(section, grid, ab, values, cover, genes, self.state_["patch_um"], factor)
 
     def aggregate_superres(self, section: ad.AnnData, factor: int = 4) -> np.ndarray:
         """HisToGene* spot values: the spot's k² sub-patches summed as shares in count-like space."""
@@ -491,29 +491,4 @@ class HisToGene(Model):
         model.net_.load_state_dict(state)
         model.net_.eval()
         return model
-
-
-def superres_adata(section, grid, ab, values, cover, genes, patch_um: float, factor: int) -> ad.AnnData:
-    """AnnData of sub-patches with centres, size and the section's spatial metadata."""
-    import copy
-
-    import pandas as pd
-
-    from stfusion import _constants as K
-
-    mpp = microns_per_pixel(section)
-    names = [f"sub_{a}_{b}" for a, b in ab]
-    out = ad.AnnData(X=np.asarray(values, np.float32), obs=pd.DataFrame(
-        {"grid_a": ab[:, 0], "grid_b": ab[:, 1], "n_covering": cover}, index=names), var=pd.DataFrame(index=list(genes)))
-    out.obsm[K.SPATIAL] = grid.cell_centres(ab)
-    if K.SPATIAL in section.uns:
-        out.uns[K.SPATIAL] = copy.deepcopy(dict(section.uns[K.SPATIAL]))
-        lib = next(iter(out.uns[K.SPATIAL].values()))
-        lib[K.SCALEFACTORS][K.SPOT_DIAMETER_FULLRES] = grid.stride_px
-    meta = dict(section.uns.get(K.STFUSION, {}))
-    meta.update(method="histogene", expression_space="log1p_cp10k", superres={
-        "factor": int(factor), "subpatch_um": float(grid.stride_px * mpp), "subpatch_px": float(grid.stride_px),
-        "patch_um": float(patch_um), "stride_um": float(grid.stride_px * mpp)})
-    out.uns[K.STFUSION] = meta
-    return out
 

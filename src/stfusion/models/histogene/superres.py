@@ -18,10 +18,16 @@ shares, i.e. ``log1p(sum_j expm1(pred_j) / k²)`` (the mean in cp10k space, back
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 from scipy.spatial import cKDTree
+
+from stfusion import _constants as K
+from stfusion.data.section import microns_per_pixel
 
 
 @dataclass
@@ -160,3 +166,23 @@ def plot_superres(sr, gene: str, *, ax=None, cmap: str = "viridis", show_image: 
     ax.set_title(f"{gene} ({info['factor']}x, sub-patch {info['subpatch_um']:.0f} µm)")
     fig.colorbar(coll, ax=ax, shrink=0.7, label=sr.uns["stfusion"].get("expression_space", ""))
     return fig
+
+
+def superres_adata(section, grid, ab, values, cover, genes, patch_um: float, factor: int) -> ad.AnnData:
+    """AnnData of sub-patches with centres, size and the section's spatial metadata."""
+    mpp = microns_per_pixel(section)
+    names = [f"sub_{a}_{b}" for a, b in ab]
+    out = ad.AnnData(X=np.asarray(values, np.float32), obs=pd.DataFrame(
+        {"grid_a": ab[:, 0], "grid_b": ab[:, 1], "n_covering": cover}, index=names), var=pd.DataFrame(index=list(genes)))
+    out.obsm[K.SPATIAL] = grid.cell_centres(ab)
+    if K.SPATIAL in section.uns:
+        out.uns[K.SPATIAL] = copy.deepcopy(dict(section.uns[K.SPATIAL]))
+        lib = next(iter(out.uns[K.SPATIAL].values()))
+        lib[K.SCALEFACTORS][K.SPOT_DIAMETER_FULLRES] = grid.stride_px
+    meta = dict(section.uns.get(K.STFUSION, {}))
+    meta.update(method="histogene", expression_space="log1p_cp10k", superres={
+        "factor": int(factor), "subpatch_um": float(grid.stride_px * mpp), "subpatch_px": float(grid.stride_px),
+        "patch_um": float(patch_um), "stride_um": float(grid.stride_px * mpp)})
+    out.uns[K.STFUSION] = meta
+    return out
+

@@ -227,7 +227,8 @@ class SpaIM(CalibratedImputerMixin):
     n_clusters, cluster_key, resolution
         Reference clusters (see :func:`reference_clusters`).
     target_sum
-        Library-size normalisation before log1p (``None``: the reference code's raw log1p).
+        Library-size normalisation before log1p (``None``, or ``False`` from a TOML config,
+        which has no null: the reference code's raw log1p).
     seed, device
         Seed of weights, shuffling and masks; ``"cpu"``, ``"cuda"`` or ``"auto"``.
     progress
@@ -241,9 +242,11 @@ class SpaIM(CalibratedImputerMixin):
     def __init__(
         self, epochs: int = 300, batch_size: int = 500, lr: float = 1e-3, hidden: Sequence[int] = (512, 256),
         dropout: float = 0.0, augment_copies: int = 3, n_clusters: int | None = None,
-        cluster_key: str = K.CELL_TYPE, resolution: float = 0.5, target_sum: float | None = 1e4,
+        cluster_key: str = K.CELL_TYPE, resolution: float = 0.5, target_sum: float | bool | None = 1e4,
         seed: int = 0, device: str = "cpu", progress: bool = False,
     ) -> None:  # fmt: skip
+        if target_sum is False:  # TOML has no null: `target_sum = false` in a benchmark config
+            target_sum = None
         if epochs < 0 or batch_size < 1 or lr <= 0 or not 0.0 <= dropout < 1.0 or augment_copies < 0:
             raise ValueError("Need epochs >= 0, batch_size >= 1, lr > 0, 0 <= dropout < 1 and augment_copies >= 0.")
         self.hyperparams: dict[str, Any] = {

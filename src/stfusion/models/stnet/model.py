@@ -47,7 +47,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from stfusion import _constants as K
 from stfusion.data.genes import as_section_list, resolve_genes
@@ -56,11 +55,12 @@ from stfusion.data.patches import read_patches
 from stfusion.data.section import library_id, section_meta, spot_coords
 from stfusion.data.shift import STAIN_KEY, check_shift, fit_stain_reference, stain_features
 from stfusion.models.stnet.tiling import tile_stain_reference
-from stfusion.data.stain import StainNormalizer, hed_jitter
+from stfusion.data.stain import StainNormalizer
 from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata, target_expression
 from stfusion.models.encoders import ENCODERS, encoder_spec, make_backbone, make_encoder
 from stfusion.models.stnet.nn import STNetNet, channel_stats, mse_loss, predict_arrays
+from stfusion.models.stnet.training import PatchDataset, fit_frozen_head
 
 log = logging.getLogger("stfusion")
 
@@ -73,7 +73,6 @@ TARGETS = {  # target -> (expression space written to uns, description for the m
 EMBEDDING_KEY = "X_stnet"
 PSEUDO_BULK_KEY = "pseudo_bulk"
 WEIGHTS_FILE = "weights.pt"
-RIDGE_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -86,30 +85,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 EPOCH_SELECTION = ("none", "holdout", "refit")
-
-
-class _Patches(Dataset):
-    """uint8 patches (N, H, W, 3) and targets; items are (float image in [0, 1] CHW, target).
-
-    ``stain_augment`` > 0: each item's haematoxylin and eosin are rescaled and shifted by up to
-    that fraction (:func:`stfusion.data.stain.hed_jitter`), drawn from a generator seeded by ``seed``.
-    """
-
-    def __init__(self, patches: np.ndarray, y: np.ndarray, stain_augment: float = 0.0, seed: int = 0) -> None:
-        self.patches = np.ascontiguousarray(patches)
-        self.x = torch.from_numpy(self.patches).permute(0, 3, 1, 2)
-        self.y = torch.as_tensor(y, dtype=torch.float32)
-        self.stain_augment = float(stain_augment)
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.stain_augment > 0:
-            patch = hed_jitter(self.patches[i : i + 1], self.rng, self.stain_augment, self.stain_augment)[0]
-            return torch.from_numpy(patch).permute(2, 0, 1).float().div(255.0), self.y[i]
-        return self.x[i].float().div(255.0), self.y[i]
 
 
 class STNet(Model):
@@ -289,7 +264,7 @@ class STNet(Model):
         net = self.build_net(len(genes), mean, std)
         net.init_head(np.concatenate(ys).mean(axis=0))
         if self.config["frozen"]:
-            self.info_ = _fit_frozen(net, np.concatenate(xs), np.concatenate(ys), tta=self.config["tta"])
+            self.info_ = fit_frozen_head(net, np.concatenate(xs), np.concatenate(ys), tta=self.config["tta"])
         else:
             net, self.info_ = self._fit_sgd(net, xs, ys, len(genes), (mean, std))
         self.net_, self.genes_ = net, genes
@@ -323,8 +298,8 @@ class STNet(Model):
         from stfusion.train.loop import fit as train_fit
 
         cfg = self.config
-        data = _Patches(np.concatenate(xs), np.concatenate(ys), cfg["stain_augment"], cfg["seed"])
-        val_data = _Patches(*val) if val is not None else None
+        data = PatchDataset(np.concatenate(xs), np.concatenate(ys), cfg["stain_augment"], cfg["seed"])
+        val_data = PatchDataset(*val) if val is not None else None
         return train_fit(
             net, mse_loss(augment=True), data, val_data, optimizer="sgd", lr=cfg["lr"], epochs=epochs,
             batch_size=cfg["batch_size"], seed=cfg["seed"],
@@ -486,17 +461,3 @@ def _history_info(result, selection: str) -> dict[str, Any]:
         "history": [{k: v for k, v in row.items() if k in ("epoch", "train_loss", "val_loss")} for row in result.history],
     }
 
-
-def _fit_frozen(net: STNetNet, patches: np.ndarray, y: np.ndarray, *, tta: bool) -> dict[str, Any]:
-    """Fit the head on cached features by ridge (per-gene alpha by GCV), folded into the linear layer."""
-    from sklearn.linear_model import RidgeCV
-
-    _, feats = predict_arrays(net, patches, tta=tta)
-    feats = feats.astype(np.float64)
-    mean, scale = feats.mean(axis=0), feats.std(axis=0)
-    scale[scale == 0] = 1.0
-    ridge = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True).fit((feats - mean) / scale, y)
-    coef = np.atleast_2d(ridge.coef_) / scale
-    net.set_head(coef, np.atleast_1d(ridge.intercept_) - coef @ mean)
-    alphas = np.atleast_1d(ridge.alpha_)
-    return {"epoch_selection": "none", "head": "ridge", "median_alpha": float(np.median(alphas))}

@@ -16,10 +16,8 @@ that the modelled genes hold (pooled over the training observations). Both are c
 per posterior sample; ``X`` is the mean over samples and ``layers["sd"]`` the SD.
 ``layers["mean_counts"]``/``layers["sd_counts"]`` are the posterior mean/SD of ``nu``.
 
-Covariates (``fit(..., covariates=[{name: value}, ...])``, one dict per section) become
-one-hot indicators ``beta`` over every (name, value) seen in training; a section predicted
-later uses the indicators of the training section with the same section id, the
-``covariates`` given to the prediction call, or none (beta = 0: the effects' prior mean).
+Covariates (``fit(..., covariates=[{name: value}, ...])``, one dict per section): see
+:mod:`.covariates`.
 """
 
 from __future__ import annotations
@@ -41,25 +39,15 @@ from stfusion.errors import StfusionError
 from stfusion.models.base import Model, prediction_adata
 from stfusion.models.xfuse import data as D
 from stfusion.models.xfuse import predict as P
+from stfusion.models.xfuse.covariates import effect_names, indicators
 from stfusion.models.xfuse.likelihood import ExpressionModel, fit_gene_baselines
 from stfusion.models.xfuse.nn import XFuseNet
+from stfusion.models.xfuse.presets import PRESETS
 
 log = logging.getLogger("stfusion")
 
 WEIGHTS_FILE = "weights.pt"
 HISTORY_FILE = "history.json"
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized for one legacy-ST section (~400 spots) on 2 cores; measured times: benchmarks/xfuse.
-    "fast": {"resolution_um": 10.0, "patch_px": 128, "batch_size": 2, "steps": 2000, "lr": 1e-3, "expr_lr": 1e-2,
-             "metagene_interval": 200, "depth": 6, "base_width": 16},
-    # The reference implementation's sizes (depth 6, width 16, 768 px patches, batches of 3,
-    # Adam 3e-4, drop-and-split every 1000 steps); 5 µm/px and the expression rate (10x) are
-    # our choices.
-    "paper": {"resolution_um": 5.0, "patch_px": 768, "batch_size": 3, "steps": 100_000, "lr": 3e-4, "expr_lr": 3e-3,
-              "metagene_interval": 1000, "depth": 6, "base_width": 16},
-}
-
 
 class XFuse(Model):
     """XFuse: deep generative fusion of histology and spot counts.
@@ -164,24 +152,8 @@ class XFuse(Model):
         self.metagene_history_: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ covariates
-    @staticmethod
-    def _effects(covariates: Sequence[Mapping[str, Any]] | None, n: int) -> list[list[str]]:
-        if covariates is None:
-            return []
-        if len(covariates) != n:
-            raise StfusionError(f"covariates has {len(covariates)} entries for {n} sections; give one dict per section.")
-        pairs = {(str(k), str(v)) for c in covariates for k, v in dict(c).items()}
-        return [list(p) for p in sorted(pairs)]
-
     def _beta(self, covariates: Mapping[str, Any] | None) -> np.ndarray:
-        effects = self.state_.get("effects", [])
-        beta = np.zeros(len(effects), dtype=np.float32)
-        for k, v in dict(covariates or {}).items():
-            if [str(k), str(v)] in effects:
-                beta[effects.index([str(k), str(v)])] = 1.0
-            else:
-                log.warning("xfuse: covariate %s=%s was not seen in training; its effect is taken as 0.", k, v)
-        return beta
+        return indicators(self.state_.get("effects", []), covariates)
 
     def _beta_for(self, section: ad.AnnData | None, covariates: Mapping[str, Any] | None) -> np.ndarray:
         if covariates is not None:
@@ -227,7 +199,7 @@ class XFuse(Model):
         sections = as_section_list(train_sections)
         hp = self.hyperparams
         self.genes_ = list(genes) if genes is not None else shared_genes(sections)
-        effects = self._effects(covariates, len(sections))
+        effects = effect_names(covariates, len(sections))
         self.state_ = {"effects": effects}
         betas = [self._beta(covariates[i] if covariates else None) for i in range(len(sections))]
         names = [D.section_name(s, f"section{i}") for i, s in enumerate(sections)]
