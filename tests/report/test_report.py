@@ -74,6 +74,25 @@ def test_benchmark_report(run_dir, tmp_path):
     assert not list(tmp_path.glob(".*part*"))  # no temporary file left behind
 
 
+def test_benchmark_report_shows_interval_coverage(run_dir, tmp_path):
+    """A method with intervals (coverage_* rows) gets the observed-vs-nominal figure and table columns."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "cells", run / "cells")
+    cell = run / "cells" / "toy" / "ridge" / "model" / "S1.csv"
+    df = pd.read_csv(cell)
+    extra = [{"gene": f"G{g}", "metric": f"coverage_{p}", "value": p / 100 - 0.05} for g in range(30) for p in (50, 80, 90, 95)]
+    extra = pd.DataFrame(extra).assign(**{c: df[c].iloc[0] for c in ("dataset", "protocol", "fold", "method", "kind")})
+    pd.concat([df, extra], ignore_index=True).to_csv(cell, index=False)
+    page = build_report(run, tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    assert page.n_images == 5  # the 4 of test_benchmark_report + the toy dataset's coverage figure
+    assert "Observed vs nominal coverage" in text and "coverage 90%" in text
+    row = summary_table(load_run(run), "toy").set_index("method").loc["ridge"]
+    assert row["coverage 90%"] == pytest.approx(0.85, abs=1e-9)  # fold S1 only
+
+
 def test_summary_rows_sorted_best_first(run_dir):
     run = load_run(run_dir)
     toy = summary_table(run, "toy")

@@ -2,8 +2,9 @@
 
 Reads ``per_gene.csv``, ``timings.csv``, ``summary.csv`` and ``config.resolved.json`` (or
 rebuilds the tables from ``cells/`` when the run was interrupted before they were written)
-and lays out, per dataset: the metrics table per method, gene-wise Pearson boxplots, time and
-memory per method, and the best-predicted genes of the best method.
+and lays out, per dataset: the metrics table per method, gene-wise Pearson boxplots, observed vs
+nominal coverage of the prediction intervals (for methods that have them), time and memory per
+method, and the best-predicted genes of the best method.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ COARSE = ("BH-sig", "seconds", "RSS", "rss", "folds")
 TOP_GENES = 10
 TIMING_NUMBERS = ("seconds", "peak_rss_mb", "rss_increase_mb")
 LAST_COLUMNS = ("seconds", "peak RSS MB")
+COVERAGE_CAPTION = ("Observed vs nominal coverage of the prediction intervals (mean over genes per fold, averaged "
+                    "over folds; band: 10th-90th percentile over genes; grey: ±3 points). Below the diagonal the "
+                    "intervals are too narrow.")
 
 
 @dataclass
@@ -166,6 +170,7 @@ def methods_table(run: BenchmarkRun) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- page
 def _dataset_section(page: Page, run: BenchmarkRun, dataset: str) -> None:
     from stfusion.pl import gene_boxplot, timing_bars
+    from stfusion.pl.coverage import coverage_from_per_gene, coverage_plot
 
     protocol = run.protocol(dataset)
     page.heading(f"{dataset} ({protocol})")
@@ -176,6 +181,8 @@ def _dataset_section(page: Page, run: BenchmarkRun, dataset: str) -> None:
     caption = "Gene-wise Pearson r per method (each value one gene in one fold; boxes without outliers)"
     caption += "; grey: the same method trained on shuffled labels." if has_null else "."
     page.figure(gene_boxplot(per_gene, metric="pearson", dataset=dataset), caption)
+    if per_gene["metric"].astype(str).str.startswith("coverage_").any():
+        page.figure(coverage_plot(coverage_from_per_gene(per_gene), title=dataset), COVERAGE_CAPTION)
     if not run.timings.empty and (run.timings["dataset"] == dataset).any():
         page.figure(timing_bars(run.timings, dataset=dataset), "Time summed over folds and peak resident memory per method.")
     best = str(table.iloc[0]["method"])
