@@ -34,3 +34,24 @@ def test_image_scale_path_starts_neutral_then_follows_the_image() -> None:
     dark[:, 0], light[:, 0] = -0.9, 0.9
     assert (extended.scale(feats, image=dark) > extended.scale(feats, image=light)).all()
     assert "image_scale_head.weight" in extended.state_dict() and "image_scale_head.weight" not in plain.state_dict()
+
+
+def test_background_margin_leaves_pixels_near_the_tissue_out_of_the_background() -> None:
+    """``background_margin_um``: pale tissue beside the mask must not be taught to hold zero counts."""
+    import numpy as np
+
+    from stfusion.models.xfuse import XFuse
+    from stfusion.models.xfuse.data import BACKGROUND, UNOBSERVED, discs_spec, label_map
+
+    tissue = np.zeros((20, 20), dtype=bool)
+    tissue[5:15, 5:15] = True
+    spec = discs_spec(np.array([[10.0, 10.0]]), 1.0)  # one spot in the middle (fx = fy = 1)
+    plain, margin = label_map(spec, tissue, 1.0, 1.0), label_map(spec, tissue, 1.0, 1.0, background_margin_px=3.0)
+    assert plain[10, 10] == margin[10, 10] == 1
+    assert plain[5, 3] == BACKGROUND and margin[5, 3] == UNOBSERVED  # 2 px from the tissue
+    assert plain[5, 1] == margin[5, 1] == BACKGROUND  # 4 px away
+    for strip in (np.s_[5:15, 2:5], np.s_[5:15, 15:18], np.s_[2:5, 5:15], np.s_[15:18, 5:15]):  # 1-3 px beside each edge
+        assert (margin[strip] == UNOBSERVED).all() and (plain[strip] == BACKGROUND).all()
+    assert (plain == BACKGROUND).sum() > (margin == BACKGROUND).sum() > 0
+    with pytest.raises(Exception, match="background_margin_um"):
+        XFuse(background_margin_um=-1)

@@ -20,8 +20,8 @@ A working pixel belongs to an area when its centre does, in continuous full-reso
 coordinates (pixel ``(i, j)`` has its centre at ``((j + 0.5) / fx, (i + 0.5) / fy)``, the
 convention of :mod:`stfusion.data.synthetic`); an area holding no pixel centre gets the
 pixel under its centre. Label maps: ``-1`` tissue or slide not in any observed area and
-not background, ``0`` background (non-tissue pixels outside every observed area: the
-zero-count pseudo-spot), ``i + 1`` observation ``i``. Tissue that no observation covers is
+not background, ``0`` background (non-tissue pixels outside every observed area, optionally
+beyond a margin around the tissue: the zero-count pseudo-spot), ``i + 1`` observation ``i``. Tissue that no observation covers is
 unobserved, never background.
 
 The tissue mask (:func:`tissue_mask`): Otsu's threshold on the smoothed saturation or on
@@ -221,10 +221,16 @@ def area_weights(spec: AreaSpec, fx: float, fy: float, hw: tuple[int, int]) -> s
     return sparse.csr_matrix((data, (rows_a, cols_a)), shape=(len(spec), hw[0] * hw[1]))
 
 
-def label_map(spec: AreaSpec, tissue: np.ndarray, fx: float, fy: float) -> np.ndarray:
-    """Training labels: -1 unobserved, 0 background, i + 1 observation i (later areas win overlaps)."""
+def label_map(spec: AreaSpec, tissue: np.ndarray, fx: float, fy: float, background_margin_px: float = 0.0) -> np.ndarray:
+    """Training labels: -1 unobserved, 0 background, i + 1 observation i (later areas win overlaps).
+
+    ``background_margin_px`` > 0: non-tissue pixels within that distance of the tissue are
+    unobserved rather than background."""
     hw = tissue.shape
-    labels = np.where(tissue, UNOBSERVED, BACKGROUND).astype(np.int32).ravel()
+    near = tissue
+    if background_margin_px > 0:
+        near = ndimage.distance_transform_edt(~tissue) <= background_margin_px
+    labels = np.where(near, UNOBSERVED, BACKGROUND).astype(np.int32).ravel()
     claimed = np.zeros(labels.size, dtype=bool)
     overlaps = 0
     for i in range(len(spec)):
@@ -305,8 +311,10 @@ def prepare_section(
     genes: list[str] | None = None,
     *,
     training: bool = False,
+    background_margin_px: float = 0.0,
 ) -> SectionData:
-    """Resample a section to the working resolution; with ``training``, labels and counts too."""
+    """Resample a section to the working resolution; with ``training``, labels and counts too
+    (``background_margin_px``: see :func:`label_map`)."""
     from stfusion.data.patches import section_reader
 
     mpp = microns_per_pixel(section)
@@ -319,7 +327,7 @@ def prepare_section(
                        np.asarray(beta, dtype=np.float32), spot_radius_px=spot_diameter_px(section) / 2.0)
     if training:
         spec = area_spec(section)
-        data.labels = label_map(spec, data.tissue, fx, fy)
+        data.labels = label_map(spec, data.tissue, fx, fy, background_margin_px)
         data.boxes = area_boxes(spec, fx, fy)
         x = section[:, list(genes)].X if genes is not None else section.X
         data.counts = np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)

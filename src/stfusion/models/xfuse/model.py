@@ -87,6 +87,10 @@ class XFuse(Model):
         (means of each channel and its square over 50 µm at the fast preset): a direct image ->
         spot depth path that learns within a few hundred steps, where the decoder's path needs
         the latent representation first. False (default): the paper's model (stfusion's extension).
+    background_margin_um
+        Non-tissue pixels within this distance of the tissue mask are left out of the
+        likelihood instead of joining the zero-count background pseudo-spot, so that tissue
+        the mask misses (pale edges) is not taught to hold no counts; 0: the paper's rule.
     max_time_s, progress, augment
         Wall-clock budget of training; progress bars; patch augmentation.
     preset
@@ -120,6 +124,7 @@ class XFuse(Model):
         field_smoothness: float = 0.0,
         gene_field: bool = False,
         image_scale: bool = False,
+        background_margin_um: float = 0.0,
         samples: int = 10,
         seed: int = 0,
         max_time_s: float | None = None,
@@ -138,11 +143,13 @@ class XFuse(Model):
                   expr_warmup=float(expr_warmup), metagene_drop=bool(metagene_drop),
                   expression_field_um=float(expression_field_um), field_smoothness=float(field_smoothness),
                   gene_field=bool(gene_field), image_scale=bool(image_scale),
+                  background_margin_um=float(background_margin_um),
                   samples=int(samples), seed=int(seed), max_time_s=max_time_s, augment=bool(augment))
         if hp["resolution_um"] <= 0 or hp["patch_px"] < 8 or hp["batch_size"] < 1 or hp["max_metagenes"] < 1:
             raise StfusionError("XFuse needs resolution_um > 0, patch_px >= 8, batch_size >= 1 and max_metagenes >= 1.")
-        if hp["expression_field_um"] < 0:
-            raise StfusionError(f"expression_field_um must be >= 0 (0: no field), got {hp['expression_field_um']}.")
+        if hp["expression_field_um"] < 0 or hp["background_margin_um"] < 0:
+            raise StfusionError("expression_field_um and background_margin_um must be >= 0 (0: none), got "
+                                f"{hp['expression_field_um']} and {hp['background_margin_um']}.")
         super().__init__(**hp)
         self.progress = bool(progress)
         self.net_: XFuseNet | None = None
@@ -208,7 +215,9 @@ class XFuse(Model):
         total = sum(float(row_totals(s.X).sum()) for s in sections)
         self.state_["modelled_fraction"] = modelled / total if total > 0 else 1.0
         self.state_["spot_diameter_um"] = float(np.median([D.spot_diameter_px(s) * D.microns_per_pixel(s) for s in sections]))
-        datas = [D.prepare_section(s, hp["resolution_um"], b, self.genes_, training=True) for s, b in zip(sections, betas, strict=True)]
+        margin_px = hp.get("background_margin_um", 0.0) / hp["resolution_um"]
+        datas = [D.prepare_section(s, hp["resolution_um"], b, self.genes_, training=True, background_margin_px=margin_px)
+                 for s, b in zip(sections, betas, strict=True)]
         seed_everything(hp["seed"])
         self._build(len(self.genes_), len(effects))
         counts = np.concatenate([d.counts for d in datas])
