@@ -144,3 +144,19 @@ def test_fit_calibration_and_predict_coverage_give_intervals(project):
     assert (pred.layers["lower"] <= pred.X).all() and (pred.X <= pred.layers["upper"]).all()
     assert main(["predict", "cal", "test.h5ad", "--coverage", "0.8", "--samples", "3", "--out", "q.h5ad"]) != 0
     assert main([*FIT[:-2], "--calibration", "nonsense", "--out", "bad"]) != 0
+
+
+def test_predict_coverage_on_an_he_only_slide(project, sections):
+    """`predict MODEL --image SLIDE --coverage 0.8`: the slide's spots get the model's conformal intervals."""
+    fit = ["fit", "stnet", "train.h5ad", "--genes", "3", "--preset", "fast", "-p", "epochs=1", "--seed", "1",
+           "--calibration", "spots", "--out", "net"]
+    assert main(fit) == 0
+    slide = next((sections / "img1").glob("*.png"))
+    args = ["predict", "net", "--image", str(slide), "--microns-per-pixel", "2.0", "--coverage", "0.8", "--out", "s.h5ad"]
+    assert main(args) == 0
+    pred = ad.read_h5ad(project / "s.h5ad")
+    info = pred.uns["stfusion"]["coverage"]
+    assert info["nominal"] == 0.8 and info["calibration"] == "spots" and pred.n_obs > 0
+    assert (pred.layers["lower"] <= pred.X).all() and (pred.X <= pred.layers["upper"]).all()
+    assert (pred.layers["upper"] > pred.layers["lower"]).any()
+    assert main([*args[:-2], "--mask", "m.png", "--out", "t.h5ad"]) != 0  # masks take no intervals

@@ -210,3 +210,25 @@ def test_api_fit_passes_calibration_and_load_model_keeps_it(sections, tmp_path):
     a, b = model.predict(sections[4], coverage=0.95), back.predict(sections[4], coverage=0.95)
     np.testing.assert_array_equal(a.layers[K.LAYER_UPPER], b.layers[K.LAYER_UPPER])
     assert back.read_card(tmp_path / "m")["calibration"]["kind"] == "spots"
+
+
+def test_grid_predictions_take_the_model_sd_and_shifted_slides_are_flagged(sections, caplog):
+    """Conformal intervals hold for spots: a grid prediction (XFuse's predict_grid) gets the model's SD
+    intervals under 'auto' and a clear error under 'conformal'; a slide whose stain lies outside the
+    training sections' gets its intervals with a warning and ``shift_flagged``."""
+    model = ConstantBaseline().fit(sections[:3], calibration="sections")
+    grid = model.predict(sections[4])
+    grid.uns["stfusion"][K.GRID_UM] = 10.0
+    grid.layers[K.LAYER_PRED_SD] = np.full(grid.shape, 0.5, dtype=np.float32)
+    out = model.add_intervals(grid.copy(), 0.9)
+    assert out.uns["stfusion"][K.COVERAGE]["calibration"] is None  # the model's SD, not the spot calibration
+    np.testing.assert_allclose(out.layers[K.LAYER_UPPER] - out.X, 1.6449 * 0.5, rtol=1e-3)
+    with pytest.raises(CalibrationError, match="--interval model"):
+        model.add_intervals(grid.copy(), 0.9, interval="conformal")
+    spots = model.predict(sections[4])
+    assert model.add_intervals(spots.copy(), 0.9).uns["stfusion"][K.COVERAGE]["shift_flagged"] is False
+    spots.uns["stfusion"]["stain_shift"] = {"flagged": True, "score": 2.9}
+    with caplog.at_level("WARNING", logger="stfusion"):
+        flagged = model.add_intervals(spots, 0.9)
+    assert flagged.uns["stfusion"][K.COVERAGE]["shift_flagged"] is True
+    assert "stain_shift" in caplog.text and "coverage can fall short" in caplog.text

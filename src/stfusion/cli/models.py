@@ -87,9 +87,9 @@ def predict_cmd(
 
     extended = grid_um is not None or mask or genes is not None or samples is not None
     _refuse_ignored_options(section, image, images, super_resolution, extended)
-    if coverage is not None and (section is None or extended or super_resolution is not None):
-        raise typer.BadParameter("--coverage gives intervals for a section's spots only; drop --image/--images, "
-                                 "--grid-um, --mask, --genes, --samples and --super-resolution with it.")
+    if coverage is not None and (images is not None or mask or super_resolution is not None):
+        raise typer.BadParameter("--coverage gives intervals for a section's spots, an --image slide or a --grid-um "
+                                 "grid; drop --images, --mask and --super-resolution with it.")
     if images is not None:  # many slides, streamed, in parallel (stfusion.scale.batch)
         _predict_slides(model_dir, images, out, workers=workers, scheduler=scheduler, microns_per_pixel=microns_per_pixel)
         return
@@ -109,6 +109,8 @@ def predict_cmd(
             pred = model.predict(read_h5ad(section), coverage=coverage, interval=interval)
         else:
             pred = model.predict(read_h5ad(section))
+        if coverage is not None and (image is not None or extended):
+            pred = model.add_intervals(pred, coverage, interval)
     write_h5ad(pred, out)
     log.info(f"wrote {out} ({pred.n_obs} x {pred.n_vars})")
 
