@@ -219,3 +219,26 @@ def test_cli_predict_super_resolution(her2st, fitted, tmp_path):
     assert main([*args, "--out", str(tmp_path / "sr.h5ad")]) in (0, None)
     sr = ad.read_h5ad(tmp_path / "sr.h5ad")
     assert sr.uns["stfusion"]["superres"]["factor"] == 9 and sr.n_vars == len(fitted.genes_)
+
+
+def test_stain_augment_adds_jittered_copies_as_token_variants():
+    """stain_augment: each training patch gets STAIN_COPIES HED-jittered copies; variant 0 stays the
+    patch itself (used outside training); seeded; 0 leaves the tokens as they were."""
+    from stfusion.models.histogene import HisToGene
+    from stfusion.models.histogene.tokens import STAIN_COPIES, stain_views, token_variants
+
+    rng = np.random.default_rng(0)
+    patches = rng.integers(60, 220, size=(5, 4, 4, 3), dtype=np.uint8)
+    views = stain_views([patches], 0.3, seed=1)[0]
+    assert len(views) == 1 + STAIN_COPIES and views[0] is patches
+    assert all(np.abs(v.astype(int) - patches.astype(int)).mean() > 1 for v in views[1:])  # the stains moved
+    np.testing.assert_array_equal(stain_views([patches], 0.3, seed=1)[0][2], views[2])  # seeded
+    assert len(stain_views([patches], 0.0, seed=1)[0]) == 1
+    flat = token_variants([v.astype(np.float32) for v in views], dihedral=False)
+    assert flat.shape == (5, 1 + STAIN_COPIES, 48)
+    np.testing.assert_array_equal(flat[:, 0], patches.reshape(5, -1).astype(np.float32))
+    assert token_variants([v.astype(np.float32) for v in views], dihedral=True).shape == (5, 8 * (1 + STAIN_COPIES), 48)
+    assert HisToGene("fast", stain_augment=0.2).hyperparams["stain_augment"] == 0.2
+    assert "stain_augment" not in HisToGene("fast").hyperparams  # cards without it stay as they were
+    with pytest.raises(ValueError, match="stain_augment"):
+        HisToGene("fast", stain_augment=1.5)

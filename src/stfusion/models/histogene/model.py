@@ -69,6 +69,7 @@ from stfusion.models.histogene import positions as P
 from stfusion.models.histogene import superres as SR
 from stfusion.models.histogene.nn import HisToGeneNet, masked_mse
 from stfusion.models.histogene.positions import smooth_neighbours
+from stfusion.models.histogene.tokens import collate_sections, dihedral_variants, pick_variant, stain_views, token_variants
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
@@ -79,40 +80,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"dim": 256, "depth": 2, "heads": 8, "dropout": 0.3, "patch_px": 16, "lr": 1e-3, "epochs": 60,
              "augment": True, "scale_targets": True, "smooth_targets": 0.5},
 }
-
-
-def collate_sections(items: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """Pad sections to the longest: (patches (B,N,P), pos (B,N,2), mask (B,N), targets (B,N,G))."""
-    n = max(it[0].shape[0] for it in items)
-    out = []
-    for j in range(len(items[0])):
-        first = items[0][j]
-        buf = first.new_zeros((len(items), n, *first.shape[1:]))
-        for b, it in enumerate(items):
-            buf[b, : it[j].shape[0]] = it[j]
-        out.append(buf)
-    mask = torch.zeros(len(items), n, dtype=torch.bool)
-    for b, it in enumerate(items):
-        mask[b, : it[0].shape[0]] = True
-    return (out[0], out[1], mask, *out[2:])
-
-
-def dihedral_variants(patches: np.ndarray) -> np.ndarray:
-    """The 8 flips/90° rotations of each (px, px, 3) patch, flattened: (n, 8, 3 px²)."""
-    out = []
-    for c in range(8):
-        v = np.rot90(patches, c % 4, axes=(1, 2))
-        out.append((v[:, :, ::-1] if c >= 4 else v).reshape(len(patches), -1))
-    return np.ascontiguousarray(np.stack(out, axis=1))
-
-
-def pick_variant(patches: torch.Tensor, random: bool) -> torch.Tensor:
-    """(B, N, V, P) -> (B, N, P): variant 0, or one drawn at random per token."""
-    if not random or patches.shape[2] == 1:
-        return patches[:, :, 0]
-    b, n, v, _ = patches.shape
-    choice = torch.randint(0, v, (b, n))
-    return patches[torch.arange(b)[:, None], torch.arange(n)[None, :], choice]
 
 
 NORMALISATIONS = {"reference": "log10(1 + 1e4 x counts / spot total over the selected genes)",
@@ -151,6 +118,11 @@ class HisToGene(Model):
         Stain normalisation of every patch to a reference fitted on the training patches
         (``"none"``, ``"macenko"``, ``"reinhard"``; :class:`stfusion.data.stain.StainNormalizer`,
         recorded in the card and applied at predict time, also to whole slides).
+    stain_augment
+        HED stain augmentation: each training patch also enters as ``STAIN_COPIES`` (3) copies
+        whose haematoxylin, eosin and residual are rescaled and shifted by up to this fraction
+        (:func:`stfusion.data.stain.hed_jitter`), one view drawn per token and step (0 = off;
+        memory grows with the copies: use it with small ``patch_px``).
     encoder, encoder_weights, encoder_kwargs
         A registered encoder whose frozen embeddings are the tokens (default: flattened pixels),
         its weights (local state dict or ``"hub"``; default random init from ``seed``) and
@@ -191,6 +163,7 @@ class HisToGene(Model):
         max_time_s: float | None = None,
         progress: bool = False,
         stain_norm: str = "none",
+        stain_augment: float = 0.0,
         encoder: str | None = None,
         encoder_weights: str | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
@@ -213,6 +186,10 @@ class HisToGene(Model):
                   smooth_predictions=float(smooth_predictions), tta=bool(tta),
                   aggregate_superres=bool(aggregate_superres), superres_factor=int(superres_factor), seed=int(seed),
                   stain_norm=str(stain_norm))
+        if stain_augment:  # only then, so cards and hyperparameters without it stay as they were
+            if not 0.0 < float(stain_augment) < 1.0:
+                raise ValueError(f"stain_augment must be in [0, 1), got {stain_augment}.")
+            hp["stain_augment"] = float(stain_augment)
         if encoder:  # only then, so cards and hyperparameters of pixel models stay as they were
             hp.update(encoder=str(encoder), encoder_weights=None if encoder_weights is None else str(encoder_weights),
                       encoder_kwargs=dict(encoder_kwargs or {}))  # fmt: skip
@@ -319,25 +296,25 @@ class HisToGene(Model):
         self.state_["stain"] = self.stain_.to_dict()
         raw = [self.stain_.transform(r) for r in raw]
         self.state_["stain_shift_reference"] = fit_stain_reference(raw, self.state_["training_sections"])
+        views = stain_views(raw, hp.get("stain_augment", 0.0), hp["seed"])  # per section: [patches, jittered copies...]
         if self.encoder_ is not None:
-            raw = [self.encoder_.embed(r) for r in raw]
-            feats = np.concatenate(raw)
+            views = [[self.encoder_.embed(v) for v in vs] for vs in views]
+            feats = np.concatenate([vs[0] for vs in views])
             self.state_["feature_mean"] = feats.mean(axis=0).tolist()
             self.state_["feature_std"] = np.maximum(feats.std(axis=0), 1e-6).tolist()
             self.state_["encoder"] = self.encoder_.record()
             mean, std = (np.asarray(self.state_[k], np.float32) for k in ("feature_mean", "feature_std"))
         else:
-            raw = [r.astype(np.float32) / 255.0 for r in raw]
-            pix = np.concatenate([r.reshape(-1, 3) for r in raw])
+            views = [[v.astype(np.float32) / 255.0 for v in vs] for vs in views]
+            pix = np.concatenate([vs[0].reshape(-1, 3) for vs in views])
             self.state_["pixel_mean"] = pix.mean(axis=0).tolist()
             self.state_["pixel_std"] = np.maximum(pix.std(axis=0), 1e-3).tolist()
             del pix
             mean, std = (np.asarray(self.state_[k], np.float32) for k in ("pixel_mean", "pixel_std"))
         targets = self._fit_targets(sections)
         data = []
-        for s, r, y in zip(sections, raw, targets, strict=True):
-            x = (r - mean) / std
-            x = dihedral_variants(x) if hp["augment"] and self.encoder_ is None else x.reshape(len(x), 1, -1)
+        for s, vs, y in zip(sections, views, targets, strict=True):
+            x = token_variants([(v - mean) / std for v in vs], dihedral=hp["augment"] and self.encoder_ is None)
             data.append((torch.from_numpy(x), torch.from_numpy(self._positions(s)), torch.from_numpy(y)))
         seed_everything(hp["seed"])
         self.net_ = self._build_net()
@@ -349,11 +326,11 @@ class HisToGene(Model):
         return self
 
     def _loss_fn(self):
-        augment = self.hyperparams["augment"]
+        random = self.hyperparams["augment"] or bool(self.hyperparams.get("stain_augment"))
 
         def loss_fn(net: HisToGeneNet, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             patches, pos, mask, y = batch
-            return masked_mse(net(pick_variant(patches, augment and net.training), pos, mask), y, mask)
+            return masked_mse(net(pick_variant(patches, random and net.training), pos, mask), y, mask)
 
         return loss_fn
 
