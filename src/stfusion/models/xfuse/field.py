@@ -20,8 +20,11 @@ augmentation) and zero outside the section.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,3 +121,17 @@ class ExpressionField(nn.Module):
             rough = sum((m.diff(dim=1) ** 2).sum() + (m.diff(dim=2) ** 2).sum() for m in self.maps)
             total = total - 0.5 * self.smoothness * rough
         return total
+
+
+def attach_field(net: nn.Module, datas: Sequence[Any], hp: dict[str, Any]) -> dict[str, Any] | None:
+    """Give ``net`` the per-section field of ``hp["expression_field_um"]`` over the training
+    sections ``datas`` (SectionData); returns its spec for the model card (None without one)."""
+    if not hp["expression_field_um"]:
+        return None
+    names = [d.name for d in datas]
+    if len(set(names)) < len(names):
+        logging.getLogger("stfusion").warning(
+            "xfuse: training sections share section ids %s; prediction uses the first one's field.", names)
+    net.field = ExpressionField(names, [d.shape for d in datas], hp["max_metagenes"],
+                                hp["expression_field_um"] / hp["resolution_um"], smoothness=hp["field_smoothness"])
+    return net.field.spec()

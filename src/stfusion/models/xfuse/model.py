@@ -85,8 +85,9 @@ class XFuse(Model):
     image_scale
         Add to the scale's pre-activation a linear map of the image's local colour statistics
         (means of each channel and its square over 50 µm at the fast preset): a direct image ->
-        spot depth path that learns within a few hundred steps, where the decoder's path needs
-        the latent representation first. False (default): the paper's model (stfusion's extension).
+        spot depth path, started from a ridge regression of the training spots' log count
+        density on those statistics (:mod:`.scale_init`), where the decoder's path needs the
+        latent representation first. False (default): the paper's model (stfusion's extension).
     background_margin_um
         Non-tissue pixels within this distance of the tissue mask are left out of the
         likelihood instead of joining the zero-count background pseudo-spot, so that tissue
@@ -198,7 +199,10 @@ class XFuse(Model):
              covariates: Sequence[Mapping[str, Any]] | None = None) -> XFuse:
         from stfusion.data.genes import as_section_list, shared_genes
         from stfusion.data.normalize import row_totals
+        from stfusion.models.xfuse.field import attach_field
+        from stfusion.models.xfuse.nn import IMAGE_SCALE_KERNEL
         from stfusion.models.xfuse.sampling import PatchSampler, image_stats
+        from stfusion.models.xfuse.scale_init import init_image_scale
         from stfusion.models.xfuse.training import baseline_sizes, one_metagene_warning, train
         from stfusion.train.seed import seed_everything
 
@@ -227,7 +231,10 @@ class XFuse(Model):
             self.expr_.t.copy_(torch.from_numpy(t))
             self.expr_.u.copy_(torch.from_numpy(u))
         self.net_.init_image_heads(*image_stats(datas))
-        self._attach_field(datas)
+        if hp["image_scale"]:
+            self.state_["image_scale_init"] = init_image_scale(self.net_, datas, IMAGE_SCALE_KERNEL)
+        if (spec := attach_field(self.net_, datas, hp)) is not None:
+            self.state_["field"] = spec
         self._attach_gene_field(sections, datas)
         sampler = PatchSampler(datas, hp["patch_px"], seed=hp["seed"], augment=hp["augment"])
         steps = hp["steps"] if hp["epochs"] is None else max(1, math.ceil(hp["epochs"] * sampler.patches_per_epoch / hp["batch_size"]))
@@ -244,20 +251,6 @@ class XFuse(Model):
         if (warning := one_metagene_warning(self.expr_.n_active, len(self.history_), hp["metagene_interval"])) is not None:
             log.warning(warning)
         return self
-
-    def _attach_field(self, datas: list[D.SectionData]) -> None:
-        """The per-section expression field of ``expression_field_um`` (see :mod:`.field`)."""
-        from stfusion.models.xfuse.field import ExpressionField
-
-        hp = self.hyperparams
-        if not hp["expression_field_um"]:
-            return
-        names = [d.name for d in datas]
-        if len(set(names)) < len(names):
-            log.warning("xfuse: training sections share section ids %s; prediction uses the first one's field.", names)
-        self.net_.field = ExpressionField(names, [d.shape for d in datas], hp["max_metagenes"],
-                                          hp["expression_field_um"] / hp["resolution_um"], smoothness=hp["field_smoothness"])
-        self.state_["field"] = self.net_.field.spec()
 
     def _attach_gene_field(self, sections: list[ad.AnnData], datas: list[D.SectionData]) -> None:
         """The per-section gene field (see :mod:`.gene_field`), its prior fitted on each section."""

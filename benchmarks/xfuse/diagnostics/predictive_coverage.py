@@ -10,9 +10,9 @@ samples (how much the model says it does not know about the mean, as opposed to 
 
 Run (repository root, ~2 min)::
 
-    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/coverage.py --model benchmarks/runs/xfuse_mob_speed/model
+    nice env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/xfuse/diagnostics/predictive_coverage.py --model benchmarks/runs/xfuse_mob_speed/model
 
-Writes benchmarks/xfuse/diagnostics/coverage.{md,json}.
+Writes benchmarks/xfuse/diagnostics/predictive_coverage.{md,json} (renamed from coverage.*: a coverage.py here shadowed the coverage package that numba imports).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ genes of SD / mean of the expected counts across posterior samples;
 
 {M.md_table(pd.DataFrame(rows))}
 """
-    M.write_report(args.out / "coverage.md", "XFuse predictive interval coverage", prov, body)
+    M.write_report(args.out / "predictive_coverage.md", "XFuse predictive interval coverage", prov, body)
     print(pd.DataFrame(rows).to_string())
 
 
