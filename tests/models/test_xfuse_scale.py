@@ -55,3 +55,37 @@ def test_background_margin_leaves_pixels_near_the_tissue_out_of_the_background()
     assert (plain == BACKGROUND).sum() > (margin == BACKGROUND).sum() > 0
     with pytest.raises(Exception, match="background_margin_um"):
         XFuse(background_margin_um=-1)
+
+
+def test_image_scale_starts_from_the_ridge_of_spot_depth_on_colour() -> None:
+    """image_scale=True: the path starts where a ridge regression of each training spot's log count
+    density on its mean local colour statistics ends, so darker-and-denser spots start with a larger scale."""
+    import numpy as np
+
+    from stfusion.models.xfuse.data import SectionData
+    from stfusion.models.xfuse.nn import local_colour_stats
+    from stfusion.models.xfuse.sampling import image_tensor, to_model_range
+    from stfusion.models.xfuse.scale_init import LOG_SOFTPLUS_SLOPE, init_image_scale
+
+    rng = np.random.default_rng(0)
+    n, side = 36, 6  # 6 x 6 spots of 6 x 6 pixels, each of one grey level
+    grey = rng.uniform(60, 220, n)
+    image = np.zeros((36, 36, 3), dtype=np.uint8)
+    labels = np.zeros((36, 36), dtype=np.int32)
+    for i in range(n):
+        r, c = divmod(i, 6)
+        image[r * side:(r + 1) * side, c * side:(c + 1) * side] = grey[i]
+        labels[r * side:(r + 1) * side, c * side:(c + 1) * side] = i + 1
+    density = np.exp(2.0 - grey / 80.0)  # darker spots hold more counts per pixel
+    counts = np.outer(density * side * side, [0.6, 0.4]).astype(np.float32)
+    data = SectionData("s", image, np.ones((36, 36), bool), 1.0, 1.0, 1.0, (36, 36), np.zeros(0, np.float32),
+                       labels=labels, counts=counts)
+    net = XFuseNet(2, 4, 3, image_scale=True)
+    info = init_image_scale(net, [data], kernel=1)
+    assert info["spots"] == n and info["r"] > 0.99
+    with torch.no_grad():
+        pre = net.image_scale_head(local_colour_stats(to_model_range(image_tensor(image))[None], 1))[0, 0].numpy()
+    per_spot = np.array([pre[labels == i + 1].mean() for i in range(n)])
+    assert abs(per_spot.mean()) < 1e-4  # the mean pre-activation is unchanged: the genes' baselines keep the level
+    slope = np.polyfit(np.log(density), per_spot * LOG_SOFTPLUS_SLOPE, 1)[0]
+    assert 0.9 < slope < 1.1  # one unit of log density is one unit of log scale (linearised at s = 1)
