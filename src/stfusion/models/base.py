@@ -229,9 +229,9 @@ class Model(ABC):
             raise CalibrationError(f"interval must be 'auto', 'conformal' or 'model', got {interval!r}.")
         cal = getattr(self, "calibration_", None)
         has_sd = K.LAYER_PRED_SD in pred.layers
+        grid_um = pred.uns.get(K.STFUSION, {}).get(K.GRID_UM)
         if interval == "auto":
-            on_grid = K.GRID_UM in pred.uns.get(K.STFUSION, {})
-            interval = "model" if has_sd and (cal is None or on_grid) else "conformal"
+            interval = "model" if has_sd and (cal is None or grid_um is not None) else "conformal"
         space = prediction_space(pred)
         values = dense(pred.X).astype(np.float64)
         sd = dense(pred.layers[K.LAYER_PRED_SD]).astype(np.float64) if has_sd else None
@@ -243,7 +243,6 @@ class Model(ABC):
             lower, upper = gaussian_intervals(values, sd, coverage, nonnegative=nonneg)
             info = {"nominal": coverage, "calibration": None, "interval": "model SD, normal approximation (X ± z SD)"}
             return with_intervals(pred, lower, upper, info)
-        grid_um = pred.uns.get(K.STFUSION, {}).get(K.GRID_UM)
         if grid_um is not None:
             raise CalibrationError(
                 f"conformal intervals are calibrated on spots, not on {float(grid_um):g} µm grid cells (another support); "
@@ -427,8 +426,10 @@ def _json_default(obj: Any) -> Any:
 def _shift_caveat(pred: ad.AnnData, info: dict[str, Any]) -> dict[str, Any]:
     """``info`` marked (and a warning logged) when the prediction's stain or features lie outside the
     training sections' (:mod:`stfusion.data.shift`): split-conformal coverage assumes they do not."""
+    from stfusion.data.shift import FEATURE_KEY, STAIN_KEY
+
     meta = pred.uns.get(K.STFUSION, {})
-    shifted = [k for k in ("stain_shift", "feature_shift") if isinstance(meta.get(k), Mapping) and meta[k].get("flagged")]
+    shifted = [k for k in (STAIN_KEY, FEATURE_KEY) if isinstance(meta.get(k), Mapping) and meta[k].get("flagged")]
     if shifted:
         logging.getLogger("stfusion").warning("The prediction intervals were calibrated on data like the training sections; this slide lies outside "
                     "them (%s), so their coverage can fall short (her2st patient C -> B4: 0.83-0.88 observed at 90%%). "

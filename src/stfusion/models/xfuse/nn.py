@@ -89,6 +89,7 @@ class Latents:
         return total
 
 
+SCALE_INIT_BIAS = 0.5413  # the scale head's initial bias: softplus(0.5413) = 1, so s starts at 1
 IMAGE_SCALE_KERNEL = 5  # working pixels averaged by the image-scale path (50 µm at the fast preset's 10 µm/px)
 
 
@@ -145,7 +146,7 @@ class XFuseNet(nn.Module):
         nn.init.zeros_(self.metagene_head.weight)
         nn.init.zeros_(self.metagene_head.bias)
         nn.init.normal_(self.scale_head.weight, std=1e-2)
-        nn.init.constant_(self.scale_head.bias, 0.5413)  # softplus(0.5413) = 1: s starts at 1
+        nn.init.constant_(self.scale_head.bias, SCALE_INIT_BIAS)
         if self.image_scale_head is not None:  # starts with no effect
             nn.init.zeros_(self.image_scale_head.weight)
             nn.init.zeros_(self.image_scale_head.bias)

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from stfusion.models.xfuse.data import SectionData
-from stfusion.models.xfuse.nn import XFuseNet, local_colour_stats
+from stfusion.models.xfuse.nn import SCALE_INIT_BIAS, XFuseNet, local_colour_stats
 from stfusion.models.xfuse.sampling import image_tensor, to_model_range
+from stfusion.models.xfuse.training import baseline_sizes
 
 __all__ = ["LOG_SOFTPLUS_SLOPE", "init_image_scale", "spot_colour_stats"]
 
-_START = 0.5413  # the scale head's initial bias: softplus(0.5413) = 1
-LOG_SOFTPLUS_SLOPE = (1.0 / (1.0 + math.exp(-_START))) / math.log1p(math.exp(_START))  # d log s / d pre at s = 1
+LOG_SOFTPLUS_SLOPE = (1.0 / (1.0 + math.exp(-SCALE_INIT_BIAS))) / math.log1p(math.exp(SCALE_INIT_BIAS))  # d log s / d pre at s = 1
 RIDGE_ALPHA = 1.0
 
 
@@ -40,7 +40,7 @@ def spot_colour_stats(data: SectionData, kernel: int) -> tuple[np.ndarray, np.nd
     inside = lab > 0
     sums = np.zeros((n, 6))
     np.add.at(sums, lab[inside] - 1, stats[inside])
-    pixels = np.bincount(lab[inside] - 1, minlength=n).astype(np.float64)
+    pixels = baseline_sizes(data.labels, n)
     return sums / np.maximum(pixels, 1.0)[:, None], pixels
 
 
